@@ -1,0 +1,181 @@
+"""Atomic, verified checkpoints in ``run.dir/checkpoints/step_<N>/``.
+
+A checkpoint counts only once ``complete.json`` (written last, by rank 0, after every rank has
+written and hashed its files) lists a SHA-256 for each of its files; ``checkpoints/latest`` is
+replaced (temp file + rename) only after that. DeepSpeed's own ``latest`` is written by rank 0
+before the final barrier, so it can name a checkpoint whose shards are still being written: we
+never write or read it (``save_latest=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+MARKER = "complete.json"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def complete_steps(ckpt_root: Path) -> list[int]:
+    """Steps of the checkpoints that carry a completion marker, newest first."""
+    if not ckpt_root.is_dir():
+        return []
+    steps = []
+    for d in ckpt_root.iterdir():
+        m = STEP_DIR.match(d.name)
+        if m and (d / MARKER).is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps, reverse=True)
+
+
+def verify(ckpt_dir: Path, files: list[str] | None = None) -> str | None:
+    """None if the listed files of ``ckpt_dir`` match their marker checksums, else the problem."""
+    try:
+        marker = json.loads((ckpt_dir / MARKER).read_text())
+    except (OSError, ValueError) as e:
+        return f"{ckpt_dir / MARKER}: unreadable ({e})"
+    for rel, digest in marker["files"].items():
+        if files is not None and rel not in files:
+            continue
+        path = ckpt_dir / rel
+        if not path.is_file():
+            return f"{path}: missing"
+        if sha256_file(path) != digest:
+            return f"{path}: checksum mismatch (file damaged)"
+    return None
+
+
+class CheckpointManager:
+    """Saves and finds checkpoints; every method is called by all ranks together."""
+
+    def __init__(self, run_dir: Path, *, rank: int, world_size: int, keep: int):
+        self.root = Path(run_dir) / "checkpoints"
+        self.rank, self.world_size, self.keep = rank, world_size, keep
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(self, engine, step: int, trainer_state: dict, hf_config, extra: dict | None = None) -> Path:
+        tag = f"step_{step}"
+        tag_dir = self.root / tag
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tag_dir.exists():  # leftover of a save that was interrupted: never mixed with new files
+                shutil.rmtree(tag_dir)
+        dist.barrier()
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=False)
+        mine = [f"rng_state_rank{self.rank}.pt"]
+        torch.save(rng_state(), tag_dir / mine[0])
+        if self.rank == 0:
+            hf_config.save_pretrained(tag_dir)
+            atomic_write_text(tag_dir / "trainer_state.json", json.dumps(trainer_state, indent=1))
+            for name, writer in (extra or {}).items():
+                writer(tag_dir / name)
+        dist.barrier()
+        # Each rank hashes its own ZeRO partition files (in parallel); rank 0 hashes the rest.
+        all_files = sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file())
+        own = [f for f in all_files if f"zero_pp_rank_{self.rank}_" in f or f == mine[0]]
+        if self.rank == 0:
+            own += [f for f in all_files if "zero_pp_rank_" not in f and not f.startswith("rng_state_rank")]
+        digests = {f: sha256_file(tag_dir / f) for f in own}
+        gathered: list[dict] = [None] * self.world_size  # type: ignore[list-item]
+        dist.all_gather_object(gathered, digests)
+        if self.rank == 0:
+            files: dict[str, str] = {}
+            for d in gathered:
+                files.update(d)
+            atomic_write_text(tag_dir / MARKER, json.dumps({"step": step, "files": dict(sorted(files.items()))}, indent=1))
+            atomic_write_text(self.root / "latest", tag + "\n")
+            self._prune()
+        dist.barrier()
+        return tag_dir
+
+    def _prune(self) -> None:
+        steps = complete_steps(self.root)
+        for old in steps[self.keep :]:
+            shutil.rmtree(self.root / f"step_{old}", ignore_errors=True)
+        # Interrupted saves older than the newest complete one can never complete: remove them.
+        newest = steps[0] if steps else None
+        for d in self.root.iterdir():
+            m = STEP_DIR.match(d.name)
+            if m and newest is not None and int(m.group(1)) < newest and not (d / MARKER).exists():
+                shutil.rmtree(d, ignore_errors=True)
+
+    # -- finding ------------------------------------------------------------------------------
+    def newest_valid(self) -> Path | None:
+        """The newest complete checkpoint whose checksums hold; damaged ones are named and skipped.
+
+        The files are verified in parallel (rank r checks every world_size-th file); all ranks
+        return the same answer.
+        """
+        for step in complete_steps(self.root):
+            ckpt = self.root / f"step_{step}"
+            try:
+                names = sorted(json.loads((ckpt / MARKER).read_text())["files"])
+            except (OSError, ValueError, KeyError):
+                names = []
+            problem = verify(ckpt, names[self.rank :: self.world_size]) if names else f"{ckpt / MARKER}: unreadable"
+            found: list[str | None] = [None] * self.world_size
+            dist.all_gather_object(found, problem)
+            problems = [p for p in found if p]
+            if not problems:
+                return ckpt
+            if self.rank == 0:
+                log.warning("refusing checkpoint %s: %s; falling back to the previous complete one", ckpt.name, problems[0])
+                print(f"warning: refusing checkpoint {ckpt.name}: {problems[0]}; trying the previous one", flush=True)
+        return None
+
+    def load(self, engine, ckpt: Path) -> dict:
+        _, client = engine.load_checkpoint(
+            str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        rng_file = ckpt / f"rng_state_rank{self.rank}.pt"
+        if rng_file.exists():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return (client or {}).get("trainer_state") or json.loads((ckpt / "trainer_state.json").read_text())

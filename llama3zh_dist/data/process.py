@@ -1,0 +1,220 @@
+"""Per-row work of data prep, run in parallel by Ray Data (or in-process for small inputs).
+
+``process_batch`` takes raw rows (``source``, ``file``, ``line``, ``raw`` JSON text) and returns one
+output row per input row: either ``status == ""`` with the tokenised sample (``input_ids``,
+``labels``) and its statistics/dedup keys, or ``status == <reject reason>`` with the raw text.
+It never drops a row, so kept + rejected = read holds by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..tokenizer import BOS_ID
+from .clean import (
+    IdentityRewriter,
+    RefusalFilter,
+    char_stats,
+    dedup_text,
+    exact_key,
+    minhash_signature,
+    normalize_whitespace,
+    to_simplified,
+)
+from .sources import Reject, SourceSpec, to_messages, validate_messages
+from .template import IGNORE_INDEX
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("file", pa.int32()),
+        ("line", pa.int64()),
+        ("id", pa.string()),
+        ("status", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("n_tokens", pa.int32()),
+        ("n_sup", pa.int32()),
+        ("n_turns", pa.int16()),
+        ("truncated", pa.bool_()),
+        ("zh_chars", pa.int64()),
+        ("chars", pa.int64()),
+        ("key", pa.binary(16)),
+        ("sig", pa.list_(pa.uint32())),
+        ("ws_changed", pa.bool_()),
+        ("t2s_changed", pa.bool_()),
+        ("identity_changed", pa.bool_()),
+    ]
+)
+
+_CACHE: dict[str, Any] = {}
+_IGNORE_RUN = [IGNORE_INDEX] * 16
+
+
+def _tools(settings: dict):
+    key = settings["key"]
+    t = _CACHE.get(key)
+    if t is None:
+        c = settings["clean"]
+        ident = c["identity"]
+        t = {
+            "specs": {name: SourceSpec(**s) for name, s in settings["specs"].items()},
+            "identity": IdentityRewriter(ident["name"], ident["owner"], ident.get("rules")) if ident["enabled"] else None,
+            "refusal": RefusalFilter(c["refusal"]["phrases"]) if c["refusal"]["enabled"] else None,
+        }
+        _CACHE.clear()
+        _CACHE[key] = t
+    return t
+
+
+def _row_id(spec_name: str, raw_id: str | None, file_idx: int, line: int, multi_file: bool) -> str:
+    if raw_id is not None:
+        return f"{spec_name}:{raw_id}"
+    return f"{spec_name}:{file_idx}:{line}" if multi_file else f"{spec_name}:{line}"
+
+
+def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict) -> dict:
+    tools = _tools(settings)
+    spec = tools["specs"][source]
+    multi = settings["multi_file"][source]
+    clean = settings["clean"]
+    enc = settings["encoder"]
+    limit = settings["raw_max_chars"]
+    # raw is kept for every row: filters decided later in the driver (duplicates, down-sampling)
+    # write it to rejects.jsonl too
+    out: dict[str, Any] = {
+        "source": source,
+        "file": file_idx,
+        "line": line,
+        "status": "",
+        "detail": "",
+        "raw": raw if len(raw) <= limit else raw[:limit] + "…[truncated]",
+    }
+    out["id"] = _row_id(source, None, file_idx, line, multi)
+    try:
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise Reject("bad_json", str(e)[:200]) from None
+        msgs, raw_id = to_messages(obj, spec)
+        out["id"] = _row_id(source, raw_id, file_idx, line, multi)
+        # cleaning (per row); every turn is stripped regardless (canonical form, see tokenizer.py)
+        ws = t2s = ident = False
+        for m in msgs:
+            c = m["content"]
+            if clean["whitespace"]:
+                c2 = normalize_whitespace(c)
+                ws |= c2 != c.strip()
+            else:
+                c2 = c.strip()
+            if clean["traditional_to_simplified"]:
+                c3 = to_simplified(c2)
+                t2s |= c3 != c2
+                c2 = c3
+            if tools["identity"] is not None and m["role"] == "assistant":
+                c3 = tools["identity"](c2)
+                ident |= c3 != c2
+                c2 = c3
+            m["content"] = c2
+        validate_messages(msgs)
+        if tools["refusal"] is not None:
+            for m in msgs:
+                if m["role"] == "assistant":
+                    hit = tools["refusal"].match(m["content"])
+                    if hit:
+                        raise Reject("refusal", f"assistant text contains {hit!r}")
+        # tokenise: per message header + content + eot, as Meta's reference
+        per_msg = enc.encode_messages(msgs)
+        total = 1 + sum(len(t) for t in per_msg)
+        truncated = False
+        max_len = settings["max_seq_len"]
+        if total > max_len:
+            if settings["overlong"] != "truncate":
+                raise Reject("too_long", f"{total} tokens > data.max_seq_len={max_len}")
+            start = 1 if msgs[0]["role"] == "system" else 0
+            keep, run = 0, 1
+            for i, t in enumerate(per_msg):
+                run += len(t)
+                if run > max_len:
+                    break
+                if msgs[i]["role"] == "assistant" and i > start:
+                    keep = i + 1
+            if keep == 0:
+                raise Reject("too_long", f"{total} tokens; even the first exchange exceeds data.max_seq_len={max_len}")
+            msgs, per_msg, truncated = msgs[:keep], per_msg[:keep], True
+        last_asst = len(msgs) - 1
+        all_turns = settings["train_on"] == "all_assistant"
+        h = settings["assistant_header_len"]
+        ids = [BOS_ID]
+        labels = [IGNORE_INDEX]
+        n_sup = 0
+        for i, (m, t) in enumerate(zip(msgs, per_msg)):
+            ids += t
+            if m["role"] == "assistant" and (all_turns or i == last_asst):
+                labels += _IGNORE_RUN[:h] if h <= len(_IGNORE_RUN) else [IGNORE_INDEX] * h
+                labels += t[h:]
+                n_sup += len(t) - h
+            else:
+                labels += [IGNORE_INDEX] * len(t)
+        if n_sup == 0:
+            raise Reject("no_supervised_tokens", "no assistant token to learn from")
+        text = "".join(m["content"] for m in msgs)
+        norm = dedup_text(msgs) if (clean["exact_dedup"] or clean["near_dedup"]["enabled"]) else ""
+        zh, nonspace = char_stats(text)
+        out.update(
+            input_ids=ids,
+            labels=labels,
+            n_tokens=len(ids),
+            n_sup=n_sup,
+            n_turns=len(msgs),
+            truncated=truncated,
+            zh_chars=zh,
+            chars=nonspace,
+            key=exact_key(norm) if clean["exact_dedup"] else None,
+            sig=minhash_signature(norm, clean["near_dedup"]["num_perm"], clean["near_dedup"]["ngram"]).astype(np.uint32)
+            if clean["near_dedup"]["enabled"]
+            else None,
+            ws_changed=ws,
+            t2s_changed=t2s,
+            identity_changed=ident,
+        )
+    except Reject as r:
+        out.update(status=r.reason, detail=r.detail)
+    return out
+
+
+def _list_array(lists: list, value_type) -> pa.Array:
+    """list<value_type> from Python lists (None = null) via one flat numpy buffer (fast)."""
+    from itertools import chain
+
+    lens = np.fromiter((len(x) if x is not None else 0 for x in lists), dtype=np.int64, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lens, out=offsets[1:])
+    values = np.fromiter(chain.from_iterable(x for x in lists if x is not None), dtype=value_type.to_pandas_dtype(),
+                         count=int(offsets[-1]))
+    mask = pa.array([x is None for x in lists], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, value_type), mask=mask)
+
+
+def process_batch(batch: pa.Table, settings: dict) -> pa.Table:
+    src = batch.column("source").to_pylist()
+    fil = batch.column("file").to_pylist()
+    lin = batch.column("line").to_pylist()
+    raw = batch.column("raw").to_pylist()
+    rows = [process_row(s, f, l, r, settings) for s, f, l, r in zip(src, fil, lin, raw)]
+    cols = {}
+    for field in OUTPUT_SCHEMA:
+        vals = [r.get(field.name) for r in rows]
+        if field.name in ("input_ids", "labels"):
+            cols[field.name] = _list_array(vals, pa.int32())
+        elif field.name == "sig":
+            cols[field.name] = _list_array(vals, pa.uint32())
+        else:
+            cols[field.name] = pa.array(vals, field.type)
+    return pa.table(cols, schema=OUTPUT_SCHEMA)

@@ -1,0 +1,25 @@
+"""Consolidate a DeepSpeed ZeRO-3 checkpoint into a Hugging Face model folder.
+
+Streaming (one tensor at a time from memory-mapped fp32 partitions), bounded memory (one shard plus
+the largest tensor plus a fixed overhead), parallel (``workers`` shards at once), verified (names,
+shapes, dtypes, checksums re-read, logits against the trained model), atomic (temp folder swapped
+into place). ``python -m llama3zh_dist.export run.dir=... [export.step=N] [export.dtype=...]``.
+"""
+
+from .core import (
+    LOGITS_TOLERANCE,
+    check_complete_checkpoint,
+    export_checkpoint,
+    export_run,
+    resolve_checkpoint,
+)
+from .wandb_log import log_export_to_wandb
+
+__all__ = [
+    "LOGITS_TOLERANCE",
+    "check_complete_checkpoint",
+    "export_checkpoint",
+    "export_run",
+    "log_export_to_wandb",
+    "resolve_checkpoint",
+]

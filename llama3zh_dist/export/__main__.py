@@ -1,0 +1,71 @@
+"""python -m llama3zh_dist.export run.dir=... [export.step=N] [export.dtype=bfloat16] [export.max_shard_size=5GB]
+
+Consolidates a complete checkpoint of ``run.dir`` into ``run.dir/export``. The resolved config the run
+saved (``run.dir/config.yaml``) is the base, so the model path and export settings of the run apply;
+settings given on the command line win.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from llama3zh_dist.errors import UserError, exits_cleanly_on_user_error
+
+
+def _override_keys(argv: list[str]) -> list[str]:
+    keys = []
+    for a in argv:
+        if "=" not in a:
+            continue
+        k = a.split("=", 1)[0].lstrip("+~")
+        if k and "@" not in k:
+            keys.append(k)
+    return keys
+
+
+def compose(argv: list[str]):
+    """The run's saved config, with the command-line overrides (validated by ``load_config``) on top."""
+    from omegaconf import OmegaConf
+
+    from llama3zh_dist.config import load_config
+
+    cli = load_config(argv)
+    saved_path = pathlib.Path(str(cli.run.dir)) / "config.yaml"
+    if not saved_path.is_file():
+        if not pathlib.Path(str(cli.run.dir)).is_dir():
+            raise UserError(f"run.dir={cli.run.dir}: no such run folder; pass the folder of a training run "
+                            "(run.dir=runs/<name>)")
+        return cli
+    try:
+        cfg = OmegaConf.load(saved_path)
+    except Exception as e:  # noqa: BLE001 - one clear message
+        raise UserError(f"{saved_path} is unreadable ({e}); fix or remove it") from None
+    OmegaConf.set_struct(cfg, False)
+    for key in _override_keys(argv):
+        OmegaConf.update(cfg, key, OmegaConf.select(cli, key), merge=False, force_add=True)
+    return cfg
+
+
+@exits_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.split("=", 1)[0].lstrip("+") == "run.dir" for a in argv):
+        raise UserError("say which run to export: python -m llama3zh_dist.export run.dir=runs/<name> "
+                        "[export.step=N] [export.dtype=bfloat16] [export.max_shard_size=5GB]")
+    cfg = compose(argv)
+    from .core import export_run
+
+    out = export_run(cfg)
+    s = export_run.last_summary
+    brief = {k: s[k] for k in ("out_dir", "step", "dtype", "num_parameters", "shards", "seconds", "peak_rss_bytes")}
+    if s.get("verification"):
+        brief["verification"] = s["verification"]
+    print(json.dumps(brief, indent=1), file=sys.stderr, flush=True)
+    print(out, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

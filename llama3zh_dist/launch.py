@@ -1,0 +1,151 @@
+"""Starting the local ranks of one node, and preparing data before any process group exists.
+
+We start ranks ourselves instead of calling torchrun because the launcher must (a) pass a rank's
+exit code 75 ("saved after preemption, requeue me") through to Slurm, which torchrun's elastic
+agent turns into a generic failure, (b) forward SIGUSR1/SIGTERM to every rank, and (c) stop the
+surviving ranks promptly when one dies, so a dead or hung rank ends the job instead of leaving it
+waiting. Under torchrun or one-task-per-GPU srun, the process runs as the given rank instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from . import EXIT_REQUEUE
+from .errors import UserError
+
+FAILED_RANK_GRACE_S = 15  # surviving ranks get this long to exit on their own after a failure
+REQUEUE_GRACE_S = 120  # after a rank exits 75 the others are finishing the same save
+
+
+def in_worker_mode() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def node_rank(cfg: DictConfig) -> int:
+    if int(cfg.cluster.nodes) == 1:
+        return 0
+    for var in ("NODE_RANK", "SLURM_NODEID", "GROUP_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    raise UserError(
+        f"cluster.nodes={cfg.cluster.nodes} but this node's rank is unknown: start one launcher per "
+        "node with srun (SLURM_NODEID) or set NODE_RANK"
+    )
+
+
+def launch_id() -> str:
+    """Identifies one launch of the job on all nodes (so nodes never trust a stale prep marker)."""
+    for var in ("LLAMA3ZH_LAUNCH_ID", "TORCHELASTIC_RUN_ID"):
+        if os.environ.get(var):
+            return os.environ[var]
+    if "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_RESTART_COUNT', '0')}-{os.environ.get('SLURM_STEP_ID', '')}"
+    return f"{os.environ.get('MASTER_ADDR', 'local')}:{os.environ.get('MASTER_PORT', '')}:{os.getppid()}"
+
+
+def ensure_prepared_data(cfg: DictConfig, *, is_preparer: bool) -> Path:
+    """The prepared dataset folder; prepared here by one process, awaited by the others.
+
+    Runs before any process group exists: tokenising a large corpus inside a collective would
+    outlast the collective timeout.
+    """
+    marker = Path(cfg.run.dir).absolute() / ".prep_done"
+    token = launch_id()
+    if is_preparer:
+        from .data.prep import prepare_dataset
+
+        out = Path(prepare_dataset(cfg)).absolute()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(f"{token}\n{out}\n")
+        os.replace(tmp, marker)
+        return out
+    deadline = time.time() + 60 * float(cfg.cluster.prep_wait_minutes)
+    while time.time() < deadline:
+        if marker.exists():
+            lines = marker.read_text().splitlines()
+            if len(lines) == 2 and lines[0] == token:
+                return Path(lines[1])
+        time.sleep(2)
+    raise UserError(
+        f"waited {cfg.cluster.prep_wait_minutes} min (cluster.prep_wait_minutes) for node 0 to prepare "
+        f"the data; is run.dir={cfg.run.dir} on a filesystem shared by all nodes?"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
+    """Start this node's ranks, forward signals, and return the job's exit code."""
+    nodes, nproc = int(cfg.cluster.nodes), int(cfg.cluster.nproc_per_node)
+    nrank = node_rank(cfg)
+    master_addr = os.environ.get("MASTER_ADDR") or str(cfg.cluster.master_addr)
+    port = os.environ.get("MASTER_PORT") or str(cfg.cluster.master_port)
+    if port == "0":
+        if nodes > 1:
+            raise UserError("cluster.master_port=0 (pick a free port) only works on one node; set MASTER_PORT")
+        port = str(free_port())
+    base = dict(os.environ)
+    base.update({k: str(v) for k, v in (cfg.cluster.env or {}).items()})
+    if cfg.cluster.device == "cpu":
+        # Ranks share the cores: without this each rank starts as many threads as there are cores.
+        base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    procs: list[subprocess.Popen] = []
+    for local in range(nproc):
+        env = dict(base)
+        env.update({
+            "RANK": str(nrank * nproc + local), "WORLD_SIZE": str(nodes * nproc), "LOCAL_RANK": str(local),
+            "LOCAL_WORLD_SIZE": str(nproc), "NODE_RANK": str(nrank), "MASTER_ADDR": master_addr,
+            "MASTER_PORT": port, "LLAMA3ZH_DATA_DIR": str(data_dir),
+        })
+        procs.append(subprocess.Popen([sys.executable, "-m", "llama3zh_dist", *argv], env=env))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    return _wait(procs)
+
+
+def _wait(procs: list[subprocess.Popen]) -> int:
+    first_exit: tuple[float, int] | None = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            break
+        done = [c for c in codes if c is not None]
+        if done and first_exit is None:
+            first_exit = (time.time(), next(c for c in done if c is not None))
+        if first_exit is not None:
+            t0, code = first_exit
+            grace = REQUEUE_GRACE_S if code == EXIT_REQUEUE else (None if code == 0 else FAILED_RANK_GRACE_S)
+            if grace is not None and time.time() - t0 > grace:
+                for p in procs:
+                    if p.poll() is None:
+                        print(f"launcher: stopping rank pid {p.pid} after another rank exited {code}", file=sys.stderr, flush=True)
+                        p.kill()
+        time.sleep(0.5)
+    codes = [p.returncode for p in procs]
+    if all(c == 0 for c in codes):
+        return 0
+    if all(c in (0, EXIT_REQUEUE) for c in codes):
+        return EXIT_REQUEUE
+    bad = next(c for c in codes if c not in (0, EXIT_REQUEUE))
+    print(f"launcher: ranks exited with {codes}", file=sys.stderr, flush=True)
+    return bad if bad > 0 else 1

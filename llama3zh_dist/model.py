@@ -1,0 +1,117 @@
+"""Building the Llama 3 model under ZeRO-3, and the loss that only computes labelled logits."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from .data.loader import MicroBatch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+# Llama 3 ids of the tokens a chat model needs (same in every Llama 3 / 3.1 tokenizer).
+BOS_ID, END_OF_TEXT_ID, PAD_ID, EOT_ID = 128000, 128001, 128004, 128009
+
+
+def hf_config_for_random_init(cfg: DictConfig):
+    from transformers import LlamaConfig
+
+    arch = OmegaConf.to_container(cfg.model.arch, resolve=True)
+    return LlamaConfig(
+        **arch,
+        bos_token_id=BOS_ID,
+        eos_token_id=[EOT_ID, END_OF_TEXT_ID],
+        pad_token_id=PAD_ID,
+    )
+
+
+def build_model(cfg: DictConfig, ds_config: dict):
+    """The model, partitioned over ranks as it is created (a 70B never materialises on one rank).
+
+    With ``init=pretrained``, transformers' ZeRO-3 integration (kept alive by HfDeepSpeedConfig)
+    makes ``from_pretrained`` create every parameter under ``deepspeed.zero.Init`` and scatter the
+    checkpoint shards straight into the partitions.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # Import what the model needs before zero.Init patches tensor creation: importing
+    # torch._dynamo (via transformers' masking utils) inside zero.Init fails.
+    import torch._dynamo  # noqa: F401
+    import transformers.masking_utils  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    dtype = DTYPES[cfg.model.dtype]
+    attn = cfg.model.attn_implementation
+    # transformers' ZeRO-3 integration (alive while HfDeepSpeedConfig is referenced) creates every
+    # parameter under deepspeed.zero.Init, for fresh weights (from_config) as for a checkpoint.
+    hf_ds = HfDeepSpeedConfig(ds_config)
+    if cfg.model.init == "random":
+        torch.manual_seed(int(cfg.trainer.seed))
+        model = AutoModelForCausalLM.from_config(hf_config_for_random_init(cfg), attn_implementation=attn, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model.path,
+            dtype=dtype,
+            attn_implementation=attn,
+            trust_remote_code=bool(cfg.model.trust_remote_code),
+        )
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model._llama3zh_hf_ds = hf_ds
+    return model
+
+
+def init_untrained_token_rows(model, *, rank: int, rel_threshold: float = 1e-3) -> list[int]:
+    """Give (near) zero embedding / output rows the mean of the trained rows.
+
+    Base Llama 3 checkpoints ship the chat special tokens (<|start_header_id|>, <|end_header_id|>,
+    <|eot_id|>) with untrained, ~zero rows: fine-tuning from zero makes the first steps blow up
+    or the model never learn to stop. Rows whose norm is below ``rel_threshold`` x the median row
+    norm are replaced by the mean row. Returns the ids changed (same on every rank).
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    weights = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not weights[0]:
+        weights.append(out.weight)
+    changed: set[int] = set()
+    for w in weights:
+        with deepspeed.zero.GatheredParameters([w], modifier_rank=0):
+            if rank == 0:
+                with torch.no_grad():
+                    norms = w.float().norm(dim=1)
+                    dead = norms < rel_threshold * norms.median().clamp_min(1e-12)
+                    if dead.any() and not dead.all():
+                        mean = w[~dead].float().mean(dim=0)
+                        w[dead] = mean.to(w.dtype)
+                        changed.update(int(i) for i in dead.nonzero().flatten())
+    result = [sorted(changed)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def supervised_loss_sum(model, batch: MicroBatch, device: torch.device) -> torch.Tensor:
+    """Sum of token cross-entropies over the supervised positions of ``batch``.
+
+    ``logits_to_keep`` (a boolean mask) makes the model project only the hidden states whose next
+    token is a label onto the 128,256-id vocabulary: the full logits tensor, the largest
+    activation of the step, is never built for prompt tokens.
+    """
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        position_ids=batch.position_ids.to(device),
+        logits_to_keep=batch.logits_mask.to(device),
+        use_cache=False,
+    )
+    logits = out.logits.reshape(-1, out.logits.shape[-1])
+    return F.cross_entropy(logits.float(), batch.targets.to(device), reduction="sum")

@@ -1,0 +1,397 @@
+"""The Llama 3 tokenizer: loading, special tokens and the chat template.
+
+``load_tokenizer(None)`` builds the real Llama 3 tokenizer (128,256 ids) from the ``tokenizer.model``
+shipped in the ``llama-models`` package, converted once to a Hugging Face fast tokenizer and cached
+under ``~/.cache/llama3zh_dist`` (keyed by the sha256 of that file). ``load_tokenizer(path_or_hub_id)``
+loads the tokenizer of a model folder or Hub id. Either way the result carries the 256 Llama 3
+special tokens with Meta's ids, ``bos`` = ``<|begin_of_text|>``, ``pad`` = ``<|finetune_right_pad_id|>``
+and :data:`CHAT_TEMPLATE`, which renders exactly the training format of
+:mod:`llama3zh_dist.data.template`.
+
+Special-token strings typed inside message text (a user writing ``<|eot_id|>``) are plain text for
+our encoder. What stock Hugging Face does (transformers 5.x, checked): ``apply_chat_template`` renders
+the template to a string and tokenises that string, so by default a typed ``<|eot_id|>`` becomes the
+special token 128009; with ``sanitize_control_tokens=True`` it stays text, but HF then tokenises the
+text around it separately (``"hi <|eot_id|>"`` -> ``hi`` ``' '`` ``<`` ``|`` ... instead of Meta's ``hi``
+``' <|'`` ...), so the ids still differ from Meta's. Handling: the tokenizer returned here is a
+:class:`Llama3TokenizerFast` whose ``apply_chat_template(tokenize=True)`` with our template tokenises
+through our encoder: same ids as :func:`llama3zh_dist.data.template.encode_dialog` in all cases
+(``return_assistant_tokens_mask`` too, equal to the training loss mask). Saved folders name the stock
+``PreTrainedTokenizerFast`` class, so ``AutoTokenizer.from_pretrained`` loads them anywhere without
+custom code; there, look-alikes need ``sanitize_control_tokens=True`` and can differ from Meta as
+above, which is why the chat CLI encodes prompts with our encoder, not with HF.
+
+One more property of string rendering: HF tokenises ``"<|end_header_id|>\\n\\n" + content`` as one
+piece of text, while Meta's reference encodes the header's ``"\\n\\n"`` and the content separately.
+The two differ only when a message's content *starts with* whitespace that contains a line break
+(the pre-tokenizer then merges it with the header's ``"\\n\\n"``). The data pipeline strips every
+turn, so training data never contains such content, and our encoder (used by chat for prompts)
+follows Meta exactly in all cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+# ---------------------------------------------------------------- special tokens (Meta's order)
+NUM_BASE_TOKENS = 128000
+NUM_SPECIAL_TOKENS = 256
+
+_NAMED_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
+]
+SPECIAL_TOKENS: list[str] = _NAMED_SPECIALS + [
+    f"<|reserved_special_token_{2 + i}|>" for i in range(NUM_SPECIAL_TOKENS - len(_NAMED_SPECIALS))
+]
+SPECIAL_TOKEN_IDS: dict[str, int] = {t: NUM_BASE_TOKENS + i for i, t in enumerate(SPECIAL_TOKENS)}
+VOCAB_SIZE = NUM_BASE_TOKENS + NUM_SPECIAL_TOKENS  # 128,256
+
+BOS = "<|begin_of_text|>"
+END_OF_TEXT = "<|end_of_text|>"
+PAD = "<|finetune_right_pad_id|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+EOM = "<|eom_id|>"
+EOT = "<|eot_id|>"
+
+BOS_ID = SPECIAL_TOKEN_IDS[BOS]  # 128000
+END_OF_TEXT_ID = SPECIAL_TOKEN_IDS[END_OF_TEXT]  # 128001
+PAD_ID = SPECIAL_TOKEN_IDS[PAD]  # 128004
+START_HEADER_ID = SPECIAL_TOKEN_IDS[START_HEADER]  # 128006
+END_HEADER_ID = SPECIAL_TOKEN_IDS[END_HEADER]  # 128007
+EOM_ID = SPECIAL_TOKEN_IDS[EOM]  # 128008
+EOT_ID = SPECIAL_TOKEN_IDS[EOT]  # 128009
+STOP_TOKEN_IDS = (EOT_ID, END_OF_TEXT_ID)
+
+# The Llama 3 pre-tokenizer pattern (llama_models.llama3.tokenizer.Tokenizer.pat_str).
+PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# ---------------------------------------------------------------- chat template
+# Renders exactly what llama3zh_dist.data.template encodes (and Meta's encode_dialog_prompt, minus
+# the trailing assistant header unless add_generation_prompt). Content is NOT trimmed: the pipeline
+# strips turns before training, and trimming here would differ from Meta's reference.
+# The {% generation %} block marks assistant content + <|eot_id|>: HF's
+# return_assistant_tokens_mask=True then equals the training loss mask.
+CHAT_TEMPLATE = (
+    "{{- '<|begin_of_text|>' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}"
+    "{%- generation -%}{{- message['content'] + '<|eot_id|>' -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}"
+)
+TEMPLATE_VERSION = "llama3-instruct-v1"
+
+CACHE_DIR = Path(os.environ.get("LLAMA3ZH_CACHE", Path.home() / ".cache" / "llama3zh_dist"))
+
+
+def meta_tokenizer_model_path() -> Path:
+    """Path of ``llama_models/llama3/tokenizer.model`` (the real Llama 3 BPE ranks)."""
+    import llama_models
+
+    path = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+    if not path.exists():
+        raise UserError(
+            f"the llama-models package has no {path}; reinstall it (pip install llama-models) or set model.path"
+        )
+    return path
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _converted_tokenizer_json() -> Path:
+    """tokenizer.json for the llama-models BPE, converted once and cached by the file's sha256."""
+    model_file = meta_tokenizer_model_path()
+    digest = file_sha256(model_file)
+    out = CACHE_DIR / f"llama3-tokenizer-{digest[:16]}" / "tokenizer.json"
+    if out.exists():
+        return out
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    conv = TikTokenConverter(vocab_file=str(model_file), pattern=PAT_STR, extra_special_tokens=SPECIAL_TOKENS)
+    backend = conv.converted()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    os.close(fd)
+    backend.save(tmp)
+    os.replace(tmp, out)  # atomic: concurrent processes never see a half-written file
+    return out
+
+
+def _build_tokenizer_class():
+    """Define :class:`Llama3TokenizerFast` on first use: importing transformers costs ~1 s, which
+    the Ray prep workers (they only need the constants and tiktoken) should not pay."""
+    from transformers import BatchEncoding, PreTrainedTokenizerFast
+
+    class Llama3TokenizerFast(PreTrainedTokenizerFast):
+        """PreTrainedTokenizerFast whose ``apply_chat_template(tokenize=True)`` with our template returns
+        exactly the ids of :func:`llama3zh_dist.data.template.encode_dialog` (Meta's reference format):
+        message text is always plain text, header and content are encoded separately as Meta does.
+
+        Stock HF renders the template to a string and tokenizes that string, which (a) turns
+        ``<|eot_id|>`` typed by a user into the special token and (b) even with
+        ``sanitize_control_tokens=True`` splits the text around such look-alikes (``"hi <|eot_id|>"``
+        becomes ``hi``+`` ``+``<``... instead of Meta's ``hi``+`` <|``...). So for our template we
+        tokenise with our encoder; other templates, tools/documents and ``tokenize=False`` go to HF.
+        Saved folders name the stock ``PreTrainedTokenizerFast`` class so they load without custom code
+        (there, pass ``sanitize_control_tokens=True`` to keep look-alikes as text).
+        """
+
+        def apply_chat_template(
+            self,
+            conversation,
+            tools=None,
+            documents=None,
+            chat_template=None,
+            add_generation_prompt=False,
+            continue_final_message=False,
+            tokenize=True,
+            sanitize_control_tokens=None,
+            padding=False,
+            truncation=False,
+            max_length=None,
+            return_tensors=None,
+            return_dict=True,
+            return_assistant_tokens_mask=False,
+            tokenizer_kwargs=None,
+            **kwargs,
+        ):
+            ours = (
+                tokenize
+                and not tools
+                and not documents
+                and not continue_final_message
+                and not kwargs
+                and not tokenizer_kwargs
+                and sanitize_control_tokens is not False
+                and (chat_template or self.chat_template) == CHAT_TEMPLATE
+            )
+            batched = isinstance(conversation, (list, tuple)) and len(conversation) > 0 and isinstance(
+                conversation[0], (list, tuple)
+            )
+            convs = conversation if batched else [conversation]
+            if ours and all(isinstance(m, dict) for c in convs for m in c):
+                from .data.template import get_encoder
+
+                enc = get_encoder(self)
+                all_ids, all_masks = [], []
+                for conv in convs:
+                    msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
+                    ids, labels = enc.encode_for_training(msgs, train_on="all_assistant", validate=False)
+                    if add_generation_prompt:
+                        ids = ids + enc.header_ids("assistant")
+                        labels = labels + [-100] * len(enc.header_ids("assistant"))
+                    if truncation and max_length is not None:
+                        ids, labels = ids[:max_length], labels[:max_length]
+                    all_ids.append(ids)
+                    all_masks.append([0 if x == -100 else 1 for x in labels])
+                if not return_dict:
+                    if return_tensors:
+                        return BatchEncoding({"input_ids": all_ids if batched else all_ids[0]}, tensor_type=return_tensors)[
+                            "input_ids"
+                        ]
+                    return all_ids if batched else all_ids[0]
+                data = {"input_ids": all_ids, "attention_mask": [[1] * len(x) for x in all_ids]}
+                if return_assistant_tokens_mask:
+                    data["assistant_masks"] = all_masks
+                if padding:
+                    out = self.pad(
+                        {k: v for k, v in data.items() if k != "assistant_masks"},
+                        padding=padding,
+                        max_length=max_length,
+                        return_tensors=None,
+                    )
+                    data.update(out)
+                    if return_assistant_tokens_mask:
+                        width = max(len(x) for x in data["input_ids"])
+                        data["assistant_masks"] = [m + [0] * (width - len(m)) for m in all_masks]
+                if not batched:
+                    data = {k: v[0] for k, v in data.items()}
+                return BatchEncoding(data, tensor_type=return_tensors)
+            return super().apply_chat_template(
+                conversation,
+                tools=tools,
+                documents=documents,
+                chat_template=chat_template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tokenize=tokenize,
+                sanitize_control_tokens=bool(sanitize_control_tokens),
+                padding=padding,
+                truncation=truncation,
+                max_length=max_length,
+                return_tensors=return_tensors,
+                return_dict=return_dict,
+                return_assistant_tokens_mask=return_assistant_tokens_mask,
+                tokenizer_kwargs=tokenizer_kwargs,
+                **kwargs,
+            )
+
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+            cfg_path = Path(save_directory) / "tokenizer_config.json"
+            if cfg_path.exists():
+                cfg = json.loads(cfg_path.read_text())
+                cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+                cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+            return out
+
+    Llama3TokenizerFast.__module__ = __name__
+    Llama3TokenizerFast.__qualname__ = "Llama3TokenizerFast"
+    return Llama3TokenizerFast
+
+
+_CLASS = None
+
+
+def __getattr__(name):  # module attribute, built lazily (pickle finds it by name too)
+    global _CLASS
+    if name == "Llama3TokenizerFast":
+        if _CLASS is None:
+            _CLASS = _build_tokenizer_class()
+        return _CLASS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the Hugging Face Hub (HF_ENDPOINT)? False when
+    HF_HUB_OFFLINE is set. Used to fail in seconds instead of after a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(model_path: str | None, trust_remote_code: bool = False):
+    """Return the Llama 3 fast tokenizer with our chat template, bos, pad and special tokens.
+
+    ``model_path``: a local Hugging Face model folder or Hub id, or None for the real Llama 3
+    tokenizer from the llama-models package (no model files needed).
+    """
+    cls = __getattr__("Llama3TokenizerFast")
+    if model_path is None or str(model_path) in ("", "null", "None"):
+        tok = cls(
+            tokenizer_file=str(_converted_tokenizer_json()),
+            bos_token=BOS,
+            eos_token=EOT,
+            pad_token=PAD,
+            model_max_length=131072,
+            clean_up_tokenization_spaces=False,
+        )
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            try:  # a local folder, or a Hub id already in the local cache: no network round trips
+                hf = AutoTokenizer.from_pretrained(
+                    str(model_path), trust_remote_code=trust_remote_code, local_files_only=True
+                )
+            except OSError:
+                if os.path.isdir(str(model_path)) or not hub_reachable():
+                    raise
+                hf = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+        except OSError as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if not os.path.isdir(str(model_path)) and not hub_reachable():
+                why = "not a local folder, not in the local Hugging Face cache, and the Hub is unreachable"
+            raise UserError(
+                f"model.path={model_path!r}: cannot load its tokenizer ({why}). Point model.path at a local "
+                "Hugging Face model folder (or model=tiny for the bundled Llama 3 tokenizer), or make the Hub "
+                "reachable (HF_TOKEN for gated models)."
+            ) from None
+        backend = getattr(hf, "backend_tokenizer", None) or getattr(hf, "_tokenizer", None)
+        if backend is None:
+            raise UserError(f"model.path={model_path!r}: its tokenizer is not a fast (tokenizers) tokenizer")
+        tok = cls(
+            tokenizer_object=backend,
+            bos_token=BOS,
+            eos_token=EOT,
+            pad_token=PAD,
+            model_max_length=getattr(hf, "model_max_length", 131072),
+            clean_up_tokenization_spaces=False,
+        )
+    _check_special_tokens(tok, model_path)
+    if model_path is None or str(model_path) in ("", "null", "None"):
+        from .data.template import _meta_encoder
+
+        tok._llama3zh_encoder = _meta_encoder()  # same BPE by construction: skip the vocab comparison
+        tok._llama3zh_is_meta = True
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "right"
+    return tok
+
+
+def _check_special_tokens(tok, model_path) -> None:
+    ids = tok.convert_tokens_to_ids(SPECIAL_TOKENS)
+    bad = [t for t, i in zip(SPECIAL_TOKENS, ids) if SPECIAL_TOKEN_IDS[t] != i]
+    if bad:
+        raise UserError(
+            f"model.path={model_path!r}: not a Llama 3 tokenizer ({len(bad)} of the 256 special tokens missing "
+            f"or at other ids, e.g. {bad[0]}). Use a Llama 3 model folder."
+        )
+    # make sure every special token is registered as special (Meta base checkpoints on the Hub are)
+    missing = [t for t in SPECIAL_TOKENS if t not in set(tok.all_special_tokens) and t not in tok.get_added_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+
+
+def meta_tokenizer_fingerprint() -> str:
+    """Fingerprint of the llama-models tokenizer (what ``load_tokenizer(None)`` builds), from the
+    sha256 of its tokenizer.model: no need to build the HF tokenizer to know it."""
+    h = hashlib.sha256()
+    h.update(b"llama-models:" + file_sha256(meta_tokenizer_model_path()).encode())
+    h.update(PAT_STR.encode())
+    h.update(CHAT_TEMPLATE.encode())
+    h.update(TEMPLATE_VERSION.encode())
+    return h.hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """A short hash of what decides token ids: vocab, merges, pre-tokenizer, special tokens, template."""
+    if getattr(tok, "_llama3zh_is_meta", False):
+        return meta_tokenizer_fingerprint()
+    h = hashlib.sha256()
+    h.update(tok.backend_tokenizer.to_str().encode())
+    h.update(CHAT_TEMPLATE.encode())
+    h.update(TEMPLATE_VERSION.encode())
+    return h.hexdigest()[:32]

@@ -1,0 +1,350 @@
+"""Full-parameter SFT recipe: one rank of a DeepSpeed ZeRO-3 run.
+
+Supports: Llama 3 (8B, 70B, or a tiny random model on CPU) with FlashAttention-2 / SDPA, packed
+rows without cross-sample attention, loss per supervised token over the whole global batch,
+gradient checkpointing and clipping, cosine LR with warmup, atomic verified checkpoints with
+bit-exact resume (model, optimizer, scheduler, RNG, data position, W&B run), preemption by
+SIGUSR1/SIGTERM (save at the same step on every rank, exit 75 = requeue), a NaN/Inf guard that
+skips bad steps, collective timeouts, validation loss per source, and export at the end.
+
+Read top to bottom: ``setup()``, ``train()``, ``save_checkpoint()``, ``run_rank()``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+from . import EXIT_REQUEUE
+from .checkpoint import CheckpointManager
+from .config import save_config
+from .data.loader import StepBatches, ValidationBatches
+from .deepspeed_config import build_deepspeed_config
+from .errors import UserError
+from .metrics import MetricsLogger, peak_flops_per_device, train_flops_per_token
+from .model import build_model, init_untrained_token_rows, supervised_loss_sum
+
+log = logging.getLogger("llama3zh_dist")
+
+# Prompts whose logits the final checkpoint keeps, so the export can be checked against them.
+REFERENCE_PROMPTS = [
+    [{"role": "user", "content": "你好，请介绍一下你自己。"}],
+    [{"role": "system", "content": "你是一个乐于助人的助手。"}, {"role": "user", "content": "北京有哪些好玩的地方？"}],
+]
+
+
+class _Signals:
+    """SIGUSR1/SIGTERM only set a flag here; ranks agree on it at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):  # no I/O in a signal handler
+        self.requested = True
+
+
+class SFTRecipe:
+    def __init__(self, cfg: DictConfig, data_dir: Path):
+        self.cfg = cfg
+        self.data_dir = Path(data_dir)
+        self.run_dir = Path(cfg.run.dir).absolute()
+        self.rank = int(os.environ["RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.signals = _Signals()
+
+    # ------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        import deepspeed
+
+        cfg = self.cfg
+        device = cfg.cluster.device
+        if device == "cuda":
+            torch.cuda.set_device(self.local_rank)
+        timeout = datetime.timedelta(minutes=float(cfg.cluster.timeout_minutes))
+        deepspeed.init_distributed(dist_backend=cfg.cluster.backend, timeout=timeout)
+        self.device = torch.device("cuda", self.local_rank) if device == "cuda" else torch.device("cpu")
+        self._seed(int(cfg.trainer.seed) + self.rank)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            self._copy_data_report()
+
+        self.ds_config = build_deepspeed_config(cfg, self.world_size)
+        torch.manual_seed(int(cfg.trainer.seed))  # identical init on every rank
+        model = build_model(cfg, self.ds_config)
+        if cfg.model.init_special_token_rows:
+            changed = init_untrained_token_rows(model, rank=self.rank)
+            self._say(f"untrained embedding rows initialised from the mean embedding: {len(changed)}"
+                      + (f" (ids {changed[:12]}{'...' if len(changed) > 12 else ''})" if changed else ""))
+        self.hf_config = model.config
+        self.n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=self._param_groups(model), config=self.ds_config
+        )
+        local = sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))
+        self._say(f"model: {self.n_params / 1e6:.1f}M parameters, ZeRO-3 over {self.world_size} ranks "
+                  f"(this rank holds {local / 1e6:.2f}M)")
+
+        t = cfg.trainer
+        self.grad_accum = self.ds_config["gradient_accumulation_steps"]
+        self.batches = StepBatches(
+            self.data_dir, global_batch_rows=int(t.global_batch_size), micro_batch_size=int(t.micro_batch_size),
+            rank=self.rank, world_size=self.world_size, seed=int(t.seed),
+        )
+        self.val = ValidationBatches(self.data_dir, rank=self.rank, world_size=self.world_size,
+                                     max_rows=int(t.eval_max_rows), micro_batch_size=int(t.micro_batch_size))
+
+        self.ckpt = CheckpointManager(self.run_dir, rank=self.rank, world_size=self.world_size, keep=int(cfg.checkpoint.keep))
+        self.step = 0
+        self.bad_steps_in_a_row = 0
+        if cfg.checkpoint.resume:
+            found = self.ckpt.newest_valid()
+            if found is not None:
+                state = self.ckpt.load(self.engine, found)
+                self.step = int(state["step"])
+                self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
+                self._say(f"resumed from {found} at step {self.step}")
+        self.metrics = MetricsLogger(cfg, self.run_dir, rank=self.rank, resume_step=self.step, total_steps=int(t.max_steps))
+        self.peak_flops = peak_flops_per_device(cfg.cluster.device)
+        self.last_ckpt_time = time.time()
+
+    def _param_groups(self, model):
+        """No weight decay on norms and biases (1-D tensors), as in every Llama recipe."""
+        wd = float(self.cfg.trainer.weight_decay)
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # ------------------------------------------------------------------------------------------
+    def train(self) -> int:
+        cfg, t = self.cfg, self.cfg.trainer
+        max_steps = int(t.max_steps)
+        while self.step < max_steps:
+            preempt, time_due = self._agree_on_flags()
+            if preempt:
+                self._say(f"preemption signal: saving at step {self.step} and exiting {EXIT_REQUEUE} (requeue)")
+                self.save_checkpoint()
+                return EXIT_REQUEUE
+            if time_due:
+                self.save_checkpoint()
+            self.step += 1
+            record = self._train_step(self.step)
+            if int(t.eval_every) and self.step % int(t.eval_every) == 0 and self.val.available:
+                record.update(self.evaluate())
+            self.metrics.log(record)
+            every = int(cfg.checkpoint.every_steps)
+            if (every and self.step % every == 0) or self.step == max_steps:
+                self.save_checkpoint(final=self.step == max_steps)
+        self.metrics.close()
+        return 0
+
+    def _train_step(self, step: int) -> dict:
+        t0 = time.time()
+        micro = self.batches.micro_batches(step)
+        counts = torch.tensor([sum(m.supervised_tokens for m in micro), sum(m.tokens for m in micro)], dtype=torch.float64)
+        dist.all_reduce(counts)
+        global_sup = max(float(counts[0]), 1.0)
+        self.engine.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for m in micro:
+            s = supervised_loss_sum(self.engine, m, self.device)
+            if self._inject_nan(step):
+                s = s * float("nan")
+            # DeepSpeed averages gradients over ranks; scale so the update is the mean over every
+            # supervised token of the global batch (all micro-batches of all ranks).
+            self.engine.backward(s * (self.world_size / global_sup), scale_wrt_gas=False)
+            self.engine.step()
+            loss_sum += s.detach().double().cpu()
+        totals = torch.stack([loss_sum, torch.tensor(0.0 if torch.isfinite(loss_sum) else 1.0, dtype=torch.float64)])
+        dist.all_reduce(totals)
+        loss = float(totals[0]) / global_sup
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        applied = bool(getattr(self.engine, "_step_applied", True)) and totals[1] == 0 and math.isfinite(grad_norm)
+        if not applied:
+            self.bad_steps_in_a_row += 1
+            ids = [s for m in micro for s in m.sample_ids]
+            print(f"rank {self.rank}: step {step} skipped: loss={loss} grad_norm={grad_norm}; "
+                  f"samples on this rank: {ids[:20]}{'...' if len(ids) > 20 else ''}", flush=True)
+            if self.bad_steps_in_a_row >= int(self.cfg.trainer.max_bad_steps):
+                raise UserError(
+                    f"{self.bad_steps_in_a_row} non-finite steps in a row (trainer.max_bad_steps="
+                    f"{self.cfg.trainer.max_bad_steps}); stopping. Lower trainer.lr or inspect the samples logged above."
+                )
+        else:
+            self.bad_steps_in_a_row = 0
+        dt = time.time() - t0
+        tokens, sup = int(counts[1]), int(counts[0])
+        seq = tokens / max(1, int(self.cfg.trainer.global_batch_size))
+        mfu = None
+        if self.peak_flops:
+            flops = train_flops_per_token(self.n_params, self.hf_config.num_hidden_layers, self.hf_config.hidden_size, seq)
+            mfu = flops * tokens / dt / (self.peak_flops * self.world_size)
+        return {
+            "step": step, "loss": loss, "lr": float(self.engine.get_lr()[0]), "grad_norm": grad_norm,
+            "tokens": tokens, "supervised_tokens": sup, "tokens_per_s": tokens / dt, "mfu": mfu,
+            "epoch": self.batches.epoch_at(step), "world_size": self.world_size, "skipped": not applied,
+            "time": time.time(),
+        }
+
+    def _inject_nan(self, step: int) -> bool:
+        """Test hook: LLAMA3ZH_INJECT_NAN="<rank>:<step>[,<step>...]" poisons that rank's loss."""
+        spec = os.environ.get("LLAMA3ZH_INJECT_NAN")
+        if not spec:
+            return False
+        rank, steps = spec.split(":")
+        return int(rank) == self.rank and str(step) in steps.split(",")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation loss and perplexity, overall and per source (summed over all ranks)."""
+        self.engine.eval()
+        sums: dict[str, list[float]] = {}
+        for m in self.val.batches:
+            for src, (loss, n) in _per_source_losses(self.engine, m, self.device).items():
+                acc = sums.setdefault(src, [0.0, 0.0])
+                acc[0] += loss
+                acc[1] += n
+        gathered: list[dict] = [None] * self.world_size  # type: ignore[list-item]
+        dist.all_gather_object(gathered, sums)
+        total: dict[str, list[float]] = {}
+        for part in gathered:
+            for src, (loss, n) in part.items():
+                acc = total.setdefault(src, [0.0, 0.0])
+                acc[0] += loss
+                acc[1] += n
+        self.engine.train()
+        all_loss = sum(v[0] for v in total.values())
+        all_n = sum(v[1] for v in total.values())
+        out = {"val_loss": all_loss / max(all_n, 1), "val_ppl": math.exp(min(all_loss / max(all_n, 1), 50))}
+        for src, (loss, n) in sorted(total.items()):
+            out[f"val_loss/{src}"] = loss / max(n, 1)
+        return out
+
+    def _agree_on_flags(self) -> tuple[bool, bool]:
+        """One all-reduce per step: any rank preempted? Is a time-based checkpoint due?"""
+        minutes = float(self.cfg.checkpoint.every_minutes)
+        due = minutes > 0 and time.time() - self.last_ckpt_time >= minutes * 60 and self.step > 0
+        flags = torch.tensor([float(self.signals.requested), float(due)])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    # ------------------------------------------------------------------------------------------
+    def save_checkpoint(self, final: bool = False) -> None:
+        if not self._weights_finite():
+            self._say(f"not saving step {self.step}: the weights are not finite")
+            return
+        state = {"step": self.step, "bad_steps_in_a_row": self.bad_steps_in_a_row,
+                 "consumed_rows": self.step * int(self.cfg.trainer.global_batch_size),
+                 "world_size": self.world_size, "time": time.time()}
+        extra = {}
+        if final:
+            extra["reference_logits.safetensors"] = self._reference_logits_writer()
+        self.ckpt.save(self.engine, self.step, state, self.hf_config, extra)
+        self.last_ckpt_time = time.time()
+        self._say(f"checkpoint step_{self.step} complete")
+
+    def _weights_finite(self) -> bool:
+        ok = all(torch.isfinite(p.ds_tensor).all() for p in self.engine.module.parameters() if hasattr(p, "ds_tensor"))
+        flag = torch.tensor([0.0 if ok else 1.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() == 0
+
+    def _reference_logits_writer(self):
+        """Logits of REFERENCE_PROMPTS from the trained model (computed by all ranks now)."""
+        from safetensors.torch import save_file
+
+        from .data.template import encode_dialog
+        from .tokenizer import load_tokenizer
+
+        tok = load_tokenizer(self.cfg.model.path, bool(self.cfg.model.trust_remote_code))
+        self.engine.eval()
+        ids_list, logits_list = [], []
+        with torch.no_grad():
+            for msgs in REFERENCE_PROMPTS:
+                ids = torch.tensor([encode_dialog(tok, msgs, add_generation_prompt=True)], dtype=torch.long)
+                out = self.engine(input_ids=ids.to(self.device), use_cache=False)
+                ids_list.append(ids[0])
+                logits_list.append(out.logits[0].float().cpu())
+        self.engine.train()
+        n = max(len(i) for i in ids_list)
+        # Left-align and record lengths; the exporter compares only the real positions.
+        ids = torch.full((len(ids_list), n), 128004, dtype=torch.long)
+        logits = torch.zeros(len(ids_list), n, logits_list[0].shape[-1])
+        lengths = torch.tensor([len(i) for i in ids_list])
+        for k, (i, lg) in enumerate(zip(ids_list, logits_list)):
+            ids[k, : len(i)] = i
+            logits[k, : len(i)] = lg
+        return lambda path: save_file({"input_ids": ids, "logits": logits.contiguous(), "lengths": lengths}, str(path))
+
+    # ------------------------------------------------------------------------------------------
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _copy_data_report(self) -> None:
+        src = self.data_dir / "data_report.json"
+        if src.exists():
+            (self.run_dir / "data_report.json").write_text(src.read_text())
+
+    def _say(self, msg: str) -> None:
+        if self.rank == 0:
+            print(msg, flush=True)
+
+
+def _per_source_losses(engine, batch, device) -> dict[str, tuple[float, int]]:
+    """Token losses of one validation micro-batch, summed per source of the samples."""
+    import torch.nn.functional as F
+
+    out = engine(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
+                 logits_to_keep=batch.logits_mask.to(device), use_cache=False)
+    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
+    losses = F.cross_entropy(logits, batch.targets.to(device), reduction="none").cpu()
+    # Which sample each supervised position belongs to: a new sample starts where position is 0.
+    starts = (batch.position_ids[0] == 0).cumsum(0) - 1
+    owner = starts[batch.logits_mask[0]]
+    out_: dict[str, tuple[float, int]] = {}
+    for k, src in enumerate(batch.sources or ["all"] * len(batch.sample_ids)):
+        sel = owner == k
+        if sel.any():
+            prev = out_.get(src, (0.0, 0))
+            out_[src] = (prev[0] + float(losses[sel].sum()), prev[1] + int(sel.sum()))
+    return out_
+
+
+def run_rank(cfg: DictConfig, data_dir: Path) -> int:
+    """Run this process's rank to the end; returns the exit code (0, or 75 after preemption)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    recipe = SFTRecipe(cfg, data_dir)
+    recipe.setup()
+    code = recipe.train()
+    finished = code == 0
+    if finished and recipe.rank == 0 and cfg.export.enabled:
+        from .export import export_run
+
+        out = export_run(cfg)
+        print(f"exported: {out}", flush=True)
+    if finished and recipe.rank == 0:
+        (recipe.run_dir / "FINISHED").write_text(json.dumps({"step": recipe.step, "time": time.time()}) + "\n")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return code
