@@ -16,6 +16,9 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+UNIVERSAL = "universal"  # checkpoints/universal/step_<N>/: step_<N> converted for another world size
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -102,6 +106,7 @@ class CheckpointManager:
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, engine, step: int, trainer_state: dict, hf_config, extra: dict | None = None) -> Path:
+        """All ranks write, barrier, hash; then the marker and ``latest`` (rank 0); then prune."""
         tag = f"step_{step}"
         tag_dir = self.root / tag
         if self.rank == 0:
@@ -140,6 +145,13 @@ class CheckpointManager:
         steps = complete_steps(self.root)
         for old in steps[self.keep :]:
             shutil.rmtree(self.root / f"step_{old}", ignore_errors=True)
+        # Conversions for another world size live only as long as their checkpoint.
+        uni = self.root / UNIVERSAL
+        if uni.is_dir():
+            for d in uni.iterdir():
+                m = STEP_DIR.match(d.name.lstrip("."))
+                if d.is_dir() and (not m or int(m.group(1)) not in steps[: self.keep]):
+                    shutil.rmtree(d, ignore_errors=True)
         # Interrupted saves older than the newest complete one can never complete: remove them.
         newest = steps[0] if steps else None
         for d in self.root.iterdir():
@@ -171,11 +183,72 @@ class CheckpointManager:
                 print(f"warning: refusing checkpoint {ckpt.name}: {problems[0]}; trying the previous one", flush=True)
         return None
 
+    def saved_world_size(self, ckpt: Path) -> int:
+        try:
+            return int(json.loads((ckpt / "trainer_state.json").read_text())["world_size"])
+        except (OSError, ValueError, KeyError):
+            return self.world_size
+
     def load(self, engine, ckpt: Path) -> dict:
-        _, client = engine.load_checkpoint(
-            str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        """Load ``ckpt`` into ``engine``; a checkpoint of another world size goes through DeepSpeed's
+        universal checkpoint (every parameter's fp32 weights and Adam moments, whole), re-partitioned
+        for this world size. The data position is world-size independent (global rows per step)."""
+        saved_ws = self.saved_world_size(ckpt)
+        if saved_ws == self.world_size:
+            _, client = engine.load_checkpoint(
+                str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        else:
+            uni = self.universal(ckpt)
+            if self.rank == 0:
+                print(f"checkpoint {ckpt.name} was saved by {saved_ws} ranks; resuming on {self.world_size} "
+                      f"through the universal checkpoint {uni}", flush=True)
+            cfg = engine._config
+            # DeepSpeed's universal loader copies the hyperparameters of the first parameter group
+            # into every group (weight decay included); ours differ per group (no decay on norms).
+            groups = engine.optimizer.optimizer.param_groups
+            hyper = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in groups]
+            cfg.load_universal_checkpoint = True
+            try:
+                _, client = engine.load_checkpoint(
+                    str(uni.parent), tag=uni.name, load_optimizer_states=True, load_lr_scheduler_states=True
+                )
+            finally:
+                cfg.load_universal_checkpoint = False
+            for g, h in zip(groups, hyper):
+                g.update(h)
         rng_file = ckpt / f"rng_state_rank{self.rank}.pt"
-        if rng_file.exists():
+        if rng_file.exists() and saved_ws == self.world_size:
             set_rng_state(torch.load(rng_file, weights_only=False))
         return (client or {}).get("trainer_state") or json.loads((ckpt / "trainer_state.json").read_text())
+
+    def universal(self, ckpt: Path) -> Path:
+        """``ckpt`` converted to DeepSpeed's universal format (converted once, by rank 0).
+
+        The conversion runs in a separate process (DeepSpeed's ``ds_to_universal``) into a hidden
+        folder that is renamed into place when done; the other ranks wait for that folder on the
+        filesystem, not in a collective, so a long conversion cannot trip the collective timeout.
+        """
+        out = self.root / UNIVERSAL / ckpt.name
+        if self.rank == 0 and not (out / MARKER).is_file():
+            tmp = out.with_name("." + ckpt.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.time()
+            res = subprocess.run(
+                [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
+                 "--output_folder", str(tmp), "--num_extract_workers", "2", "--num_merge_workers", "2"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            if res.returncode != 0:
+                print(res.stdout[-4000:], file=sys.stderr, flush=True)
+                raise RuntimeError(f"converting {ckpt} to a universal checkpoint failed (exit {res.returncode})")
+            atomic_write_text(tmp / MARKER, json.dumps({"source": str(ckpt), "seconds": time.time() - t0}))
+            os.replace(tmp, out)
+            print(f"universal checkpoint {out} written in {time.time() - t0:.1f}s", flush=True)
+        else:
+            while not (out / MARKER).is_file():
+                time.sleep(1)
+        dist.barrier()
+        return out

@@ -129,16 +129,20 @@ def _wait(procs: list[subprocess.Popen]) -> int:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
-        done = [c for c in codes if c is not None]
+        done = [(i, c) for i, c in enumerate(codes) if c is not None]
         if done and first_exit is None:
-            first_exit = (time.time(), next(c for c in done if c is not None))
+            first_exit = (time.time(), done[0][1])
+            if done[0][1] not in (0, EXIT_REQUEUE):
+                print(f"launcher: local rank {done[0][0]} exited with {done[0][1]}; the other ranks get "
+                      f"{FAILED_RANK_GRACE_S}s to exit before they are stopped", file=sys.stderr, flush=True)
         if first_exit is not None:
             t0, code = first_exit
             grace = REQUEUE_GRACE_S if code == EXIT_REQUEUE else (None if code == 0 else FAILED_RANK_GRACE_S)
             if grace is not None and time.time() - t0 > grace:
-                for p in procs:
+                for i, p in enumerate(procs):
                     if p.poll() is None:
-                        print(f"launcher: stopping rank pid {p.pid} after another rank exited {code}", file=sys.stderr, flush=True)
+                        print(f"launcher: stopping local rank {i} (pid {p.pid}) {grace}s after another rank "
+                              f"exited {code}", file=sys.stderr, flush=True)
                         p.kill()
         time.sleep(0.5)
     codes = [p.returncode for p in procs]

@@ -100,16 +100,48 @@ def init_untrained_token_rows(model, *, rank: int, rel_threshold: float = 1e-3) 
     return result[0]
 
 
+def packed_attention_mask(model, position_ids: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask that keeps the samples of a packed row apart, for ``model``'s attention.
+
+    - ``flash_attention_*``: None. transformers runs varlen FlashAttention with the sample
+      boundaries it reads from the ``position_ids`` restarts (a 4D mask would break that path).
+    - ``sdpa``: the boolean block-diagonal causal mask [1, 1, T, T] (True = may attend), which
+      transformers passes to SDPA as is.
+    - ``eager``: the same mask in additive form (0 / dtype min), as eager attention adds it.
+
+    transformers >= 4.54 would also derive the sdpa/eager mask from restarting position_ids when
+    no mask is given, but only while ``attention_mask`` is None, and older versions do not at all:
+    samples would then silently attend across the packed row. The explicit mask does not depend on
+    that heuristic. Other implementations (flex) are left to transformers.
+    """
+    from .data.packing import block_causal_mask
+
+    model = getattr(model, "module", model)  # the HF model inside a DeepSpeed engine
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl == "sdpa":
+        return block_causal_mask(position_ids)
+    if impl == "eager":
+        dtype = model.get_input_embeddings().weight.dtype
+        allowed = block_causal_mask(position_ids)
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return None
+
+
 def supervised_loss_sum(model, batch: MicroBatch, device: torch.device) -> torch.Tensor:
     """Sum of token cross-entropies over the supervised positions of ``batch``.
+
+    The micro-batch is one packed row; ``packed_attention_mask`` keeps its samples apart, so the
+    loss equals the sum of the samples' losses computed one by one.
 
     ``logits_to_keep`` (a boolean mask) makes the model project only the hidden states whose next
     token is a label onto the 128,256-id vocabulary: the full logits tensor, the largest
     activation of the step, is never built for prompt tokens.
     """
+    position_ids = batch.position_ids.to(device)
     out = model(
         input_ids=batch.input_ids.to(device),
-        position_ids=batch.position_ids.to(device),
+        position_ids=position_ids,
+        attention_mask=packed_attention_mask(model, position_ids),
         logits_to_keep=batch.logits_mask.to(device),
         use_cache=False,
     )

@@ -20,7 +20,9 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ from .data.loader import StepBatches, ValidationBatches
 from .deepspeed_config import build_deepspeed_config
 from .errors import UserError
 from .metrics import MetricsLogger, peak_flops_per_device, train_flops_per_token
-from .model import build_model, init_untrained_token_rows, supervised_loss_sum
+from .model import build_model, init_untrained_token_rows, packed_attention_mask, supervised_loss_sum
 
 log = logging.getLogger("llama3zh_dist")
 
@@ -44,6 +46,38 @@ REFERENCE_PROMPTS = [
     [{"role": "user", "content": "你好，请介绍一下你自己。"}],
     [{"role": "system", "content": "你是一个乐于助人的助手。"}, {"role": "user", "content": "北京有哪些好玩的地方？"}],
 ]
+
+
+class _Watchdog:
+    """Ends a rank that has made no progress for longer than the collective timeout.
+
+    The rank waiting in a collective for a hung peer gets a timeout error from the process group;
+    the hung rank itself (stuck in compute, I/O, or a collective that never times out) is ended
+    here, a few seconds later, with its last completed step in the log. Either way every rank
+    exits non-zero and the launcher (or srun) ends the job.
+    """
+
+    GRACE_S = 10.0  # the peers' collective timeout should speak first
+
+    def __init__(self, rank: int, timeout_s: float):
+        self.rank, self.limit = rank, timeout_s + self.GRACE_S
+        self.completed, self.doing, self.last = 0, "starting", time.monotonic()
+        self.armed = False
+        threading.Thread(target=self._run, name="llama3zh-watchdog", daemon=True).start()
+
+    def beat(self, doing: str, completed: int | None = None) -> None:
+        self.last, self.doing, self.armed = time.monotonic(), doing, True
+        if completed is not None:
+            self.completed = completed
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(min(5.0, max(0.5, self.limit / 10)))
+            idle = time.monotonic() - self.last
+            if self.armed and idle > self.limit:
+                print(f"rank {self.rank}: no progress for {idle:.0f}s (cluster.timeout_minutes) while "
+                      f"{self.doing}; last completed step {self.completed}; exiting", file=sys.stderr, flush=True)
+                os._exit(1)
 
 
 class _Signals:
@@ -67,6 +101,7 @@ class SFTRecipe:
         self.world_size = int(os.environ["WORLD_SIZE"])
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.signals = _Signals()
+        self.watchdog = _Watchdog(self.rank, 60 * float(cfg.cluster.timeout_minutes))
 
     # ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -112,12 +147,14 @@ class SFTRecipe:
 
         self.ckpt = CheckpointManager(self.run_dir, rank=self.rank, world_size=self.world_size, keep=int(cfg.checkpoint.keep))
         self.step = 0
+        self.saved_step = -1
         self.bad_steps_in_a_row = 0
         if cfg.checkpoint.resume:
             found = self.ckpt.newest_valid()
             if found is not None:
                 state = self.ckpt.load(self.engine, found)
                 self.step = int(state["step"])
+                self.saved_step = self.step
                 self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
                 self._say(f"resumed from {found} at step {self.step}")
         self.metrics = MetricsLogger(cfg, self.run_dir, rank=self.rank, resume_step=self.step, total_steps=int(t.max_steps))
@@ -135,25 +172,48 @@ class SFTRecipe:
 
     # ------------------------------------------------------------------------------------------
     def train(self) -> int:
+        """The training loop; a failure is reported with this rank's last completed step."""
+        try:
+            return self._train_loop()
+        except UserError:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            print(f"rank {self.rank}: failed while {self.watchdog.doing}; last completed step "
+                  f"{self.watchdog.completed}: {type(e).__name__}: {first}", file=sys.stderr, flush=True)
+            if _is_collective_failure(e):
+                # A peer died or hung: tearing down the process group could block on it; leave now.
+                traceback.print_exc()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
+            raise
+        finally:
+            self.watchdog.armed = False  # export and shutdown are not steps
+
+    def _train_loop(self) -> int:
         cfg, t = self.cfg, self.cfg.trainer
         max_steps = int(t.max_steps)
         while self.step < max_steps:
             preempt, time_due = self._agree_on_flags()
             if preempt:
-                self._say(f"preemption signal: saving at step {self.step} and exiting {EXIT_REQUEUE} (requeue)")
+                print(f"rank {self.rank}: preemption signal: saving at step {self.step} and exiting "
+                      f"{EXIT_REQUEUE} (requeue)", flush=True)
                 self.save_checkpoint()
                 return EXIT_REQUEUE
             if time_due:
                 self.save_checkpoint()
             self.step += 1
+            self.watchdog.beat(f"training step {self.step}", self.step - 1)
+            self._inject_hang(self.step)
             record = self._train_step(self.step)
             if int(t.eval_every) and self.step % int(t.eval_every) == 0 and self.val.available:
                 record.update(self.evaluate())
             self.metrics.log(record)
+            self.watchdog.beat(f"after step {self.step}", self.step)
             every = int(cfg.checkpoint.every_steps)
             if (every and self.step % every == 0) or self.step == max_steps:
                 self.save_checkpoint(final=self.step == max_steps)
-        self.metrics.close()
         return 0
 
     def _train_step(self, step: int) -> dict:
@@ -186,7 +246,7 @@ class SFTRecipe:
                   f"samples on this rank: {ids[:20]}{'...' if len(ids) > 20 else ''}", flush=True)
             if self.bad_steps_in_a_row >= int(self.cfg.trainer.max_bad_steps):
                 raise UserError(
-                    f"{self.bad_steps_in_a_row} non-finite steps in a row (trainer.max_bad_steps="
+                    f"rank {self.rank}: {self.bad_steps_in_a_row} non-finite steps in a row (trainer.max_bad_steps="
                     f"{self.cfg.trainer.max_bad_steps}); stopping. Lower trainer.lr or inspect the samples logged above."
                 )
         else:
@@ -204,6 +264,14 @@ class SFTRecipe:
             "epoch": self.batches.epoch_at(step), "world_size": self.world_size, "skipped": not applied,
             "time": time.time(),
         }
+
+    def _inject_hang(self, step: int) -> None:
+        """Test hook: LLAMA3ZH_INJECT_HANG="<rank>:<step>" makes that rank stop answering at that step."""
+        spec = os.environ.get("LLAMA3ZH_INJECT_HANG")
+        if spec and spec.split(":") == [str(self.rank), str(step)]:
+            print(f"rank {self.rank}: test hook LLAMA3ZH_INJECT_HANG: hanging at step {step}", flush=True)
+            while True:
+                time.sleep(3600)
 
     def _inject_nan(self, step: int) -> bool:
         """Test hook: LLAMA3ZH_INJECT_NAN="<rank>:<step>[,<step>...]" poisons that rank's loss."""
@@ -249,6 +317,10 @@ class SFTRecipe:
 
     # ------------------------------------------------------------------------------------------
     def save_checkpoint(self, final: bool = False) -> None:
+        if self.step == self.saved_step:
+            return  # a complete checkpoint of exactly this state exists (we just resumed or saved it)
+        self.watchdog.beat(f"saving checkpoint step_{self.step}")
+        t0 = time.time()
         if not self._weights_finite():
             self._say(f"not saving step {self.step}: the weights are not finite")
             return
@@ -260,7 +332,9 @@ class SFTRecipe:
             extra["reference_logits.safetensors"] = self._reference_logits_writer()
         self.ckpt.save(self.engine, self.step, state, self.hf_config, extra)
         self.last_ckpt_time = time.time()
-        self._say(f"checkpoint step_{self.step} complete")
+        self.saved_step = self.step
+        self.watchdog.beat(f"after checkpoint step_{self.step}")
+        self._say(f"checkpoint step_{self.step} complete ({time.time() - t0:.1f}s)")
 
     def _weights_finite(self) -> bool:
         ok = all(torch.isfinite(p.ds_tensor).all() for p in self.engine.module.parameters() if hasattr(p, "ds_tensor"))
@@ -315,7 +389,8 @@ def _per_source_losses(engine, batch, device) -> dict[str, tuple[float, int]]:
     """Token losses of one validation micro-batch, summed per source of the samples."""
     import torch.nn.functional as F
 
-    out = engine(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
+    pos = batch.position_ids.to(device)
+    out = engine(input_ids=batch.input_ids.to(device), position_ids=pos, attention_mask=packed_attention_mask(engine, pos),
                  logits_to_keep=batch.logits_mask.to(device), use_cache=False)
     logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
     losses = F.cross_entropy(logits, batch.targets.to(device), reduction="none").cpu()
@@ -331,20 +406,45 @@ def _per_source_losses(engine, batch, device) -> dict[str, tuple[float, int]]:
     return out_
 
 
+def _is_collective_failure(e: BaseException) -> bool:
+    """A process-group error: timeout, or a peer that went away (gloo/NCCL)."""
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = f"{type(e).__name__} {e}".lower()
+    return any(k in text for k in ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset",
+                                   "broken pipe", "socket"))
+
+
 def run_rank(cfg: DictConfig, data_dir: Path) -> int:
     """Run this process's rank to the end; returns the exit code (0, or 75 after preemption)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     recipe = SFTRecipe(cfg, data_dir)
     recipe.setup()
-    code = recipe.train()
-    finished = code == 0
-    if finished and recipe.rank == 0 and cfg.export.enabled:
-        from .export import export_run
-
-        out = export_run(cfg)
-        print(f"exported: {out}", flush=True)
-    if finished and recipe.rank == 0:
-        (recipe.run_dir / "FINISHED").write_text(json.dumps({"step": recipe.step, "time": time.time()}) + "\n")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        code = recipe.train()
+        finished = code == 0
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        if finished and recipe.rank == 0 and cfg.export.enabled:
+            _export_after_training(recipe)
+        if finished and recipe.rank == 0:
+            (recipe.run_dir / "FINISHED").write_text(json.dumps({"step": recipe.step, "time": time.time()}) + "\n")
+    finally:
+        recipe.metrics.close()
     return code
+
+
+def _export_after_training(recipe: SFTRecipe) -> None:
+    """Rank 0 exports the final checkpoint from disk, in bounded memory, and records it in W&B."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from .export import export_run
+
+    # While transformers' ZeRO-3 integration is alive, every model it builds (the exporter's
+    # verification model included) is partitioned; the training engine is no longer needed.
+    recipe.engine.module._llama3zh_hf_ds = None
+    unset_hf_deepspeed_config()
+    del recipe.engine
+    out = export_run(recipe.cfg, wandb_run=recipe.metrics.wandb_run)
+    print(f"exported: {out}", flush=True)

@@ -125,6 +125,10 @@ def streaming_logits(model, get_slice, input_ids: torch.Tensor, dtype: torch.dty
 
     patched = []
     for m in model.modules():
+        if isinstance(m, torch.nn.Embedding):
+            # The hook hands the embedding only the rows it looks up, so the pad id no longer
+            # indexes into it; padding_idx only matters for gradients, not for these logits.
+            m.padding_idx = None
         w = m._parameters.get("weight")
         if isinstance(m, torch.nn.Linear) and w is not None and w.numel() > BIG_WEIGHT:
             name = canon[id(w)]
