@@ -13,8 +13,9 @@ from llama3zh_dist.quickstart_check import quickstart_pairs
 
 
 def main() -> None:
-    cfg = load_config(["+experiment=quickstart", *sys.argv[1:]])
-    chat = ChatModel(resolve_model_folder(cfg), cfg)
+    argv = ["+experiment=quickstart", *sys.argv[1:]]
+    cfg = load_config(argv)
+    chat = ChatModel(resolve_model_folder(cfg, argv), cfg)
     pairs = quickstart_pairs()
     hits = 0
     for q, a in pairs:

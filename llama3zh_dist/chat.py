@@ -25,10 +25,17 @@ from .errors import UserError, exits_cleanly_on_user_error
 END_TOKENS = ("<|eot_id|>", "<|end_of_text|>")
 
 
-def resolve_model_folder(cfg: DictConfig) -> Path:
-    """An exported model folder: ``model.path`` if given, else ``run.dir/export``."""
-    path = cfg.model.path or str(Path(cfg.run.dir) / "export")
-    folder = resolve_path(path)
+def resolve_model_folder(cfg: DictConfig, argv: list[str] = ()) -> Path:
+    """The exported model folder: ``model.path`` when given on the command line (or set by an
+    experiment to a local folder), else ``run.dir/export``."""
+    given = any(a.split("=", 1)[0].lstrip("+") == "model.path" for a in argv)
+    export = resolve_path(str(Path(cfg.run.dir) / "export"))
+    if given and cfg.model.path:
+        folder = resolve_path(cfg.model.path)
+    elif (export / "config.json").exists() or not cfg.model.path:
+        folder = export
+    else:
+        folder = resolve_path(cfg.model.path)
     if not (folder / "config.json").exists():
         raise UserError(
             f"no exported model at {folder} (config.json missing). Pass model.path=<export folder>, or "
@@ -139,8 +146,15 @@ def interactive(chat: ChatModel, cfg: DictConfig, folder: Path) -> int:
 
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(sys.argv[1:] if argv is None else argv)
-    folder = resolve_model_folder(cfg)
+    argv = sys.argv[1:] if argv is None else argv
+    # Free text (Chinese, punctuation, quotes) is not valid Hydra override grammar unless quoted
+    # twice; take chat.prompt / chat.system verbatim and set them after composing.
+    verbatim = {k: a.split("=", 1)[1] for a in argv for k in ("chat.prompt", "chat.system")
+                if a.startswith(k + "=")}
+    cfg = load_config([a for a in argv if a.split("=", 1)[0] not in verbatim])
+    for key, value in verbatim.items():
+        cfg.chat[key.split(".", 1)[1]] = value
+    folder = resolve_model_folder(cfg, argv)
     chat = ChatModel(folder, cfg)
     if cfg.chat.prompt is not None:
         return one_shot(chat, cfg)

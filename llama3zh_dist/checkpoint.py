@@ -144,6 +144,8 @@ class CheckpointManager:
     def _prune(self) -> None:
         steps = complete_steps(self.root)
         for old in steps[self.keep :]:
+            # Marker first: a deletion cut short by a kill must never look like a complete checkpoint.
+            (self.root / f"step_{old}" / MARKER).unlink(missing_ok=True)
             shutil.rmtree(self.root / f"step_{old}", ignore_errors=True)
         # Conversions for another world size live only as long as their checkpoint.
         uni = self.root / UNIVERSAL

@@ -58,8 +58,10 @@ def build_deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": total_steps,
-                "warmup_num_steps": max(1, warmup),
-                "warmup_min_ratio": 0.0,
+                "warmup_num_steps": max(2, warmup),
+                # DeepSpeed's linear warmup starts at warmup_min_ratio: with 0 the first update
+                # would be wasted at lr 0; start at 1/(W+1) of the peak instead.
+                "warmup_min_ratio": 1.0 / (max(2, warmup) + 1),
                 "cos_min_ratio": float(t.min_lr_ratio),
                 "warmup_type": "linear",
             },

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from .config import CONF_DIR, load_config
 from .errors import UserError, exits_cleanly_on_user_error
@@ -73,6 +73,8 @@ def flatten_space(space: Any, prefix: str = "") -> dict[str, dict]:
     for k, v in space.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and "type" in v:
+            if v["type"] not in SPACE_TYPES:
+                raise UserError(f"sweep.space.{key}.type={v['type']}: use one of {', '.join(SPACE_TYPES)}")
             out[key] = v
         elif isinstance(v, dict):
             out.update(flatten_space(v, key + "."))
@@ -246,11 +248,16 @@ def _error_summary(log: Path, code: int) -> str:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         lines = []
-    err = next((ln.strip() for ln in reversed(lines)
-                if re.match(r"^(error: |[A-Za-z_.]*(Error|Exception)\b)", ln.strip())), None)
+    plain = [re.sub(r"^\[rank\d+\]:\s?", "", ln).strip() for ln in lines]
+    err = next((ln for ln in reversed(plain) if re.match(r"^(error: |[A-Za-z_.]*(Error|Exception)\b)", ln)), None)
     head = f"training exited with code {code}" + (f": {err}" if err else "")
     tail = "\n".join(lines[-25:])
     return f"{head}\n--- last lines of {log} ---\n{tail}"
+
+
+def _result(rec: dict) -> dict:
+    """What a trial reports to Tune from one evaluation line of ``metrics.jsonl``."""
+    return {k: v for k, v in rec.items() if k in ("step", "loss", "epoch") or k.startswith("val_")}
 
 
 def run_trial(config: dict, spec: dict) -> None:
@@ -274,6 +281,12 @@ def run_trial(config: dict, spec: dict) -> None:
         "# this trial, as a normal run (cwd: " + spec["cwd"] + ")\n"
         + " ".join(hydra_arg_quote(a) for a in ["python", "-m", "llama3zh_dist", *overrides]) + "\n"
     )
+    if (run_dir / "FINISHED").exists():
+        # Finished before the sweep was interrupted (Tune had not recorded it yet): report, don't rerun.
+        for rec in _Tail(run_dir / "metrics.jsonl").records():
+            if "val_loss" in rec:
+                tune.report(_result(rec))
+        return
     t_launch = time.time()
     with open(run_dir / "launches.log", "a") as f:
         f.write(json.dumps({"time": t_launch, "trial": trial_id}) + "\n")
@@ -282,7 +295,8 @@ def run_trial(config: dict, spec: dict) -> None:
         proc = subprocess.Popen(cmd, cwd=spec["cwd"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent)
     tail = _Tail(run_dir / "metrics.jsonl")
-    last_step = 0
+    max_steps = int(config.get("trainer.max_steps", spec["max_steps"]))
+    last_step, final = 0, None
     try:
         while True:
             done = proc.poll() is not None
@@ -292,13 +306,18 @@ def run_trial(config: dict, spec: dict) -> None:
                 if int(rec["step"]) <= last_step:
                     continue
                 last_step = int(rec["step"])
-                tune.report({k: v for k, v in rec.items()
-                             if k in ("step", "loss", "epoch") or k.startswith("val_")})
+                result = _result(rec)
+                if last_step >= max_steps:
+                    final = result  # reported once the run has saved and exited: ASHA stops at max_t
+                else:
+                    tune.report(result)
             if done:
                 break
             time.sleep(float(spec["poll_s"]))
         if proc.returncode != 0:
             raise RuntimeError(_error_summary(log_path, proc.returncode))
+        if final is not None:
+            tune.report(final)
     finally:
         # Stopped by ASHA (tune.report raised), interrupted, or failed: free the trial's resources now.
         if proc.poll() is None:
@@ -483,7 +502,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
         if v is None:
             return "-"
         if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
+            return f"{v:.5g}"
         return str(v)
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
@@ -509,7 +528,8 @@ def _compose_choices(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
         GlobalHydra.instance().clear()
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
                if not k.startswith("hydra/") and v is not None}
-    del cfg["hydra"]
+    with open_dict(cfg):
+        del cfg["hydra"]
     OmegaConf.resolve(cfg)
     return cfg, choices
 
@@ -543,6 +563,12 @@ def write_best_experiment(name: str, argv: list[str], params: dict[str, Any], he
     base_cfg, _ = _compose_choices(([f"+experiment={base_exp}"] if base_exp else [])
                                    + [f"{g}={c}" for g, c in group_overrides.items()])
     values = _diff(OmegaConf.to_container(trial_cfg), OmegaConf.to_container(base_cfg))
+    for key, v in params.items():  # the swept values, always spelled out (even where equal to the base)
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = v
     values.setdefault("run", {})["name"] = name
     defaults: list[Any] = ([base_exp] if base_exp else []) + [{f"override /{g}": c} for g, c in group_overrides.items()] + ["_self_"]
     body = OmegaConf.to_yaml(OmegaConf.create({"defaults": defaults, **values}))
@@ -655,6 +681,7 @@ def run_sweep(argv: list[str]) -> int:
         "argv": trial_argv, "trial_overrides": list(sw.trial_overrides or []), "name": str(sw.name),
         "group": str(sw.wandb_group), "run_dir": str(run_dir), "trials_dir": str(run_dir / "trials"),
         "data_keys": data_keys, "cwd": os.getcwd(), "poll_s": float(sw.poll_s),
+        "max_steps": int(rep_cfg.trainer.max_steps),
         "env": {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
     }
     _ray_init(sw, need)

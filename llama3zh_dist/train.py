@@ -211,6 +211,11 @@ class SFTRecipe:
                 record.update(self.evaluate())
             self.metrics.log(record)
             self.watchdog.beat(f"after step {self.step}", self.step)
+            if self.bad_steps_in_a_row >= int(t.max_bad_steps):
+                raise UserError(
+                    f"rank {self.rank}: {self.bad_steps_in_a_row} non-finite steps in a row (trainer.max_bad_steps="
+                    f"{t.max_bad_steps}); stopping. Lower trainer.lr or inspect the samples logged above."
+                )
             every = int(cfg.checkpoint.every_steps)
             if (every and self.step % every == 0) or self.step == max_steps:
                 self.save_checkpoint(final=self.step == max_steps)
@@ -222,6 +227,7 @@ class SFTRecipe:
         counts = torch.tensor([sum(m.supervised_tokens for m in micro), sum(m.tokens for m in micro)], dtype=torch.float64)
         dist.all_reduce(counts)
         global_sup = max(float(counts[0]), 1.0)
+        lr = float(self.engine.get_lr()[0])  # the rate this step's update uses (the scheduler steps after it)
         self.engine.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
         for m in micro:
@@ -244,11 +250,6 @@ class SFTRecipe:
             ids = [s for m in micro for s in m.sample_ids]
             print(f"rank {self.rank}: step {step} skipped: loss={loss} grad_norm={grad_norm}; "
                   f"samples on this rank: {ids[:20]}{'...' if len(ids) > 20 else ''}", flush=True)
-            if self.bad_steps_in_a_row >= int(self.cfg.trainer.max_bad_steps):
-                raise UserError(
-                    f"rank {self.rank}: {self.bad_steps_in_a_row} non-finite steps in a row (trainer.max_bad_steps="
-                    f"{self.cfg.trainer.max_bad_steps}); stopping. Lower trainer.lr or inspect the samples logged above."
-                )
         else:
             self.bad_steps_in_a_row = 0
         dt = time.time() - t0
@@ -259,7 +260,7 @@ class SFTRecipe:
             flops = train_flops_per_token(self.n_params, self.hf_config.num_hidden_layers, self.hf_config.hidden_size, seq)
             mfu = flops * tokens / dt / (self.peak_flops * self.world_size)
         return {
-            "step": step, "loss": loss, "lr": float(self.engine.get_lr()[0]), "grad_norm": grad_norm,
+            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
             "tokens": tokens, "supervised_tokens": sup, "tokens_per_s": tokens / dt, "mfu": mfu,
             "epoch": self.batches.epoch_at(step), "world_size": self.world_size, "skipped": not applied,
             "time": time.time(),

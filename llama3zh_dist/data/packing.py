@@ -103,8 +103,9 @@ def build_rows(samples: pa.Table, bins: Sequence[Sequence[int]], extra: Sequence
 
 def block_causal_mask(position_ids):
     """Boolean [B, 1, T, T] mask (True = may attend) for packed rows: causal within each sample,
-    nothing across samples; samples start where position_ids restart at 0. For CPU/SDPA; on GPU
-    varlen FlashAttention gets the same boundaries from position_ids."""
+    nothing across samples; samples start where position_ids restart at 0. The SDPA/eager mask of
+    ``model.packed_attention_mask`` (transformers takes a 4D mask as is); on GPU varlen
+    FlashAttention gets the same boundaries from position_ids."""
     import torch
 
     pos = torch.as_tensor(position_ids)

@@ -148,7 +148,8 @@ def test_full_sft_without_gpu_flash_attn_or_weights_exits_2_with_one_message_nam
         expected.append(f"model.path={cfg.model.path}")
     if not expected:
         pytest.skip("this machine has a GPU, flash-attn and the weights: full_sft would really train")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # HF_HUB_OFFLINE=1: "weights not on this machine" without asking the Hub, wherever the test runs
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "llama3zh_dist", "+experiment=full_sft"], cwd=tmp_path, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr

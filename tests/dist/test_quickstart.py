@@ -1,0 +1,98 @@
+"""The quickstart, end to end, exactly as a user runs it: prep -> 2-rank ZeRO-3 training -> export -> chat.
+
+One real run (module fixture) backs every promise below; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    base = tmp_path_factory.mktemp("quickstart")
+    run_dir, data_dir = base / "run", base / "prepared"
+    overrides = ["+experiment=quickstart", f"run.dir={run_dir}", f"data.out_dir={data_dir}",
+                 "trainer.progress_bar=false"]
+    proc = _run(["-m", "llama3zh_dist", *overrides])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return run_dir, overrides, proc.stdout + proc.stderr
+
+
+def test_quickstart_trains_on_two_ranks_each_holding_half_the_parameters(quickstart):
+    run_dir, _, log = quickstart
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["world_size"] == 2 for r in records)
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    total, local = re.search(r"model: ([\d.]+)M parameters.*this rank holds ([\d.]+)M", log).groups()
+    assert abs(float(local) / float(total) - 0.5) < 0.02, log
+    assert (run_dir / "FINISHED").exists()
+    assert records[-1]["loss"] < 0.2 * records[0]["loss"]
+
+
+def test_exported_model_answers_its_training_questions_in_one_shot_chat(quickstart):
+    """Acceptance: greedy one-shot chat answers >= 8 of 10 training questions with the trained start."""
+    run_dir, overrides, _ = quickstart
+    from llama3zh_dist.quickstart_check import quickstart_pairs
+
+    pairs = quickstart_pairs()[:10]
+    hits = 0
+    for question, answer in pairs:
+        out = _run(["-m", "llama3zh_dist.chat", f"run.dir={run_dir}", "chat.prompt=-"], input=question)
+        assert out.returncode == 0, out.stderr[-3000:]
+        hits += out.stdout.strip().startswith(answer[:10])
+    assert hits >= 8, f"recalled only {hits}/10"
+
+
+def test_export_loads_offline_and_its_chat_template_equals_training_tokens(quickstart, monkeypatch):
+    run_dir, _, _ = quickstart
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llama3zh_dist.data.template import encode_dialog, encode_for_training
+    from llama3zh_dist.tokenizer import load_tokenizer
+
+    export = run_dir / "export"
+    tok = AutoTokenizer.from_pretrained(export, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(export, local_files_only=True).eval()
+    train_tok = load_tokenizer(None)
+    conv = [
+        {"role": "system", "content": "你是一个乐于助人的中文助手。"},
+        {"role": "user", "content": "为什么天空是蓝色的？Explain in 中文, please."},
+        {"role": "assistant", "content": "阳光穿过大气时会被空气分子散射。"},
+        {"role": "user", "content": "那日落为什么是红的？🌇"},
+    ]
+    # The whole conversation, as trained, and the generation prompt, as served.
+    full = tok.apply_chat_template(conv[:3], tokenize=True, return_dict=True)["input_ids"]
+    trained_ids, _labels = encode_for_training(conv[:3], encoder=train_tok)
+    assert list(full) == list(trained_ids)
+    prompt = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert list(prompt) == encode_dialog(train_tok, conv, add_generation_prompt=True)
+
+    # Generation stops on <|eot_id|>: the answer ends with it, well before max_new_tokens.
+    from llama3zh_dist.quickstart_check import quickstart_pairs
+
+    question = quickstart_pairs()[0][0]
+    ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=400, do_sample=False)
+    new = out[0, ids["input_ids"].shape[1]:].tolist()
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert new[-1] == eot and eot not in new[:-1] and len(new) < 400
