@@ -322,7 +322,7 @@ def test_resume_on_1_rank_from_2_and_on_2_from_1_keeps_weights_and_optimizer_sta
     got = {m["step"]: m for m in metrics(two)}
     for s in range(step + 1, STEPS + 1):
         assert got[s]["world_size"] == 1
-        assert got[s]["loss"] == pytest.approx(ref[s]["loss"], rel=1e-5), f"step {s}"
+        assert got[s]["loss"] == pytest.approx(ref[s]["loss"], rel=1e-4), f"step {s}"
 
 
 # 8 ------------------------------------------------------------------------------------------------
