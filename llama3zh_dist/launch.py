@@ -63,9 +63,15 @@ def ensure_prepared_data(cfg: DictConfig, *, is_preparer: bool) -> Path:
     if is_preparer:
         from .data.prep import prepare_dataset
 
-        out = Path(prepare_dataset(cfg)).absolute()
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
+        try:
+            out = Path(prepare_dataset(cfg)).absolute()
+        except BaseException as e:
+            # Tell the waiting nodes at once instead of letting them time out.
+            tmp.write_text(f"{token}\nFAILED: {type(e).__name__}: {str(e)[:500]}\n")
+            os.replace(tmp, marker)
+            raise
         tmp.write_text(f"{token}\n{out}\n")
         os.replace(tmp, marker)
         return out
@@ -73,7 +79,9 @@ def ensure_prepared_data(cfg: DictConfig, *, is_preparer: bool) -> Path:
     while time.time() < deadline:
         if marker.exists():
             lines = marker.read_text().splitlines()
-            if len(lines) == 2 and lines[0] == token:
+            if len(lines) >= 2 and lines[0] == token:
+                if lines[1].startswith("FAILED: "):
+                    raise UserError(f"node 0 failed to prepare the data ({lines[1][8:]}); see its log")
                 return Path(lines[1])
         time.sleep(2)
     raise UserError(
@@ -99,7 +107,8 @@ def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
             raise UserError("cluster.master_port=0 (pick a free port) only works on one node; set MASTER_PORT")
         port = str(free_port())
     base = dict(os.environ)
-    base.update({k: str(v) for k, v in (cfg.cluster.env or {}).items()})
+    # Unset knobs (null) are left to the site's environment rather than exported as "None".
+    base.update({k: str(v) for k, v in (cfg.cluster.env or {}).items() if v is not None})
     if cfg.cluster.device == "cpu":
         # Ranks share the cores: without this each rank starts as many threads as there are cores.
         base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
