@@ -76,3 +76,15 @@ def build_deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
         # Gradients are reduced in fp32 for bf16 training: bf16 sums lose too much over many ranks.
         config["communication_data_type"] = "fp32"
     return config
+
+
+def start_lr_schedule(scheduler) -> None:
+    """Move DeepSpeed's WarmupCosineLR onto its first step before the first update.
+
+    A fresh WarmupCosineLR sits at iteration -1, where it sets every learning rate to 0: the first
+    optimizer step would be wasted (and, with log warmup, the second too). Stepping it to iteration 0
+    gives the first update the warmup's starting rate. A resumed run loads the scheduler state
+    afterwards, which replaces this.
+    """
+    if scheduler is not None and getattr(scheduler, "last_batch_iteration", 0) < 0:
+        scheduler.step(0)

@@ -34,7 +34,7 @@ from . import EXIT_REQUEUE
 from .checkpoint import CheckpointManager
 from .config import save_config
 from .data.loader import StepBatches, ValidationBatches
-from .deepspeed_config import build_deepspeed_config
+from .deepspeed_config import build_deepspeed_config, start_lr_schedule
 from .errors import UserError
 from .metrics import MetricsLogger, peak_flops_per_device, train_flops_per_token
 from .model import build_model, init_untrained_token_rows, packed_attention_mask, supervised_loss_sum
@@ -132,6 +132,7 @@ class SFTRecipe:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=self._param_groups(model), config=self.ds_config
         )
+        start_lr_schedule(self.engine.lr_scheduler)
         local = sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))
         self._say(f"model: {self.n_params / 1e6:.1f}M parameters, ZeRO-3 over {self.world_size} ranks "
                   f"(this rank holds {local / 1e6:.2f}M)")
