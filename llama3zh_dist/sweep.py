@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from ray.tune.schedulers import ASHAScheduler
 
 from .config import CONF_DIR, load_config
 from .errors import UserError, exits_cleanly_on_user_error
@@ -365,8 +366,58 @@ def _search_alg(sw: DictConfig, space: dict[str, dict], points: list[dict]):
     raise UserError(f"sweep.search_alg={kind}: use random, grid or optuna")
 
 
-def _scheduler(sw: DictConfig, max_steps: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+class PersistentASHA(ASHAScheduler):
+    """An ``ASHAScheduler`` whose rungs survive a restart of the sweep.
+
+    ``Tuner.restore`` brings back the trials and the search algorithm, but the scheduler it restores
+    is the one pickled when the sweep started: its rungs would be empty, and after an interruption
+    ASHA would compare the remaining trials with nothing and stop none. This one saves its state
+    (ASHA's own ``save``) after every decision and loads it (``restore``) before the first decision
+    after a restart.
+    """
+
+    def __init__(self, state_file: str, **kwargs):
+        super().__init__(**kwargs)
+        self._state_file = state_file
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            path = self._state_file
+            if os.path.exists(path):
+                self.restore(path)
+            self._state_file, self._loaded = path, True
+
+    def _save(self) -> None:
+        tmp = f"{self._state_file}.tmp"
+        self.save(tmp)
+        os.replace(tmp, self._state_file)
+
+    def on_trial_add(self, tune_controller, trial):
+        self._load()
+        super().on_trial_add(tune_controller, trial)
+        self._save()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        self._load()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self._load()
+        if trial.trial_id in self._trial_info:
+            super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def on_trial_remove(self, tune_controller, trial):
+        self._load()
+        self._trial_info.pop(trial.trial_id, None)
+        self._save()
+
+
+def _scheduler(sw: DictConfig, max_steps: int, state_file: Path):
+    from ray.tune.schedulers import FIFOScheduler
 
     s = sw.scheduler
     if s is None or s.type in (None, "none", "fifo"):
@@ -377,8 +428,8 @@ def _scheduler(sw: DictConfig, max_steps: int):
     grace = int(s.grace_period)
     if not 1 <= grace <= max_t:
         raise UserError(f"sweep.scheduler.grace_period={grace} must be between 1 and max_t={max_t} (steps)")
-    return ASHAScheduler(time_attr="step", max_t=max_t, grace_period=grace,
-                         reduction_factor=float(s.reduction_factor), brackets=int(s.brackets or 1))
+    return PersistentASHA(str(state_file), time_attr="step", max_t=max_t, grace_period=grace,
+                          reduction_factor=float(s.reduction_factor), brackets=int(s.brackets or 1))
 
 
 def _strip_sweep_args(argv: list[str]) -> list[str]:
@@ -402,11 +453,12 @@ def _resources(sw: DictConfig, cfg: DictConfig) -> dict[str, float]:
     return {"cpu": float(cpu), "gpu": float(gpu)}
 
 
-def _check_trial_config(cfg: DictConfig) -> None:
-    from .preflight import check
+def _check_trial_config(cfg: DictConfig, *, remote: bool) -> None:
+    from .preflight import problems as preflight_problems
 
-    check(cfg)
-    problems = []
+    problems = preflight_problems(cfg)
+    if remote:  # the trials run on the cluster's GPU nodes, not on this (driver) machine
+        problems = [p for p in problems if not p.startswith("cluster.device=cuda but this machine has no CUDA GPU")]
     if not int(cfg.trainer.eval_every) > 0:
         problems.append("trainer.eval_every must be > 0: trials report their validation loss at each evaluation")
     elif int(cfg.trainer.eval_every) > int(cfg.trainer.max_steps):
@@ -445,7 +497,8 @@ def _status(trial, run_dir: Path) -> str:
         return STATUS_FAILED
     if s == "TERMINATED":
         return STATUS_FINISHED if (run_dir / "FINISHED").exists() else STATUS_STOPPED
-    return "interrupted" if s in ("RUNNING", "PAUSED") else s.lower()
+    started = (run_dir / "launches.log").exists()
+    return "interrupted" if s in ("RUNNING", "PAUSED") or started else s.lower()
 
 
 def _steps_run(run_dir: Path) -> int:
@@ -652,20 +705,23 @@ def run_sweep(argv: list[str]) -> int:
     # Check what every trial shares before anything starts (one representative trial config).
     rep = {k: representative(s) for k, s in space.items()}
     rep_cfg = load_config([*trial_argv, *param_overrides(rep), *list(sw.trial_overrides or [])])
-    _check_trial_config(rep_cfg)
+    _check_trial_config(rep_cfg, remote=bool(sw.ray.address or os.environ.get("RAY_ADDRESS")))
     need = _resources(sw, rep_cfg)
     max_steps = max([int(rep_cfg.trainer.max_steps)]
                     + [int(v) for v in (space.get("trainer.max_steps", {}).get("values") or [])])
-    search_alg = _search_alg(sw, space, points)
-    scheduler = _scheduler(sw, max_steps)
-    domains = {k: tune_domain(k, s) for k, s in space.items()}
-
     experiment_path = run_dir / TUNE_DIR
     from ray import tune
 
     resuming = tune.Tuner.can_restore(str(experiment_path))
     if resuming and not sw.resume:
         raise UserError(f"{run_dir} already holds a sweep and sweep.resume=false: choose another run.dir")
+    asha_state = run_dir / "scheduler_state.pkl"
+    if not resuming and asha_state.exists():
+        asha_state.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    search_alg = _search_alg(sw, space, points)
+    scheduler = _scheduler(sw, max_steps, asha_state)
+    domains = {k: tune_domain(k, s) for k, s in space.items()}
 
     # Prepare every dataset the trials use, once, before Ray starts.
     data_keys = _data_keys(space)

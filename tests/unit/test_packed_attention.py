@@ -121,3 +121,17 @@ def test_packed_attention_mask_matches_the_attention_implementation():
     fa = tiny_model("sdpa")
     fa.config._attn_implementation = "flash_attention_2"
     assert packed_attention_mask(fa, pos) is None
+
+
+def test_logits_are_computed_only_at_labelled_positions():
+    """The vocabulary projection (128,256 ids) sees exactly the supervised positions, never the prompt."""
+    model = tiny_model("sdpa")
+    batch = packed(A1, B, A2, supervise=[0, 2])
+    seen = []
+    model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        loss = supervised_loss_sum(model, batch, CPU)
+    n_labels = sum(sum(1 for x in lab if x != -100) for _, lab in (A1, A2))
+    assert batch.supervised_tokens == n_labels and batch.input_ids.shape[1] > 2 * n_labels
+    assert len(seen) == 1 and seen[0][-2] == n_labels, seen
+    assert torch.isfinite(loss)
