@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from ray.tune import Trainable
 from ray.tune.schedulers import ASHAScheduler
 
 from .config import CONF_DIR, load_config
@@ -261,78 +263,100 @@ def _result(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k in ("step", "loss", "epoch") or k.startswith("val_")}
 
 
-def run_trial(config: dict, spec: dict) -> None:
-    """The Tune trainable: run one trial as ``python -m llama3zh_dist`` and report its evaluations."""
-    from ray import tune
+class TrialRun(Trainable):
+    """One trial: a normal ``python -m llama3zh_dist`` run in its own folder, watched by Tune.
 
-    trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(spec["trials_dir"]) / trial_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data_params = {k: config[k] for k in spec["data_keys"] if k in config}
-    overrides = [
-        *spec["argv"], *param_overrides(config), *spec["trial_overrides"],
-        f"run.dir={run_dir}", f"run.name={spec['name']}-{trial_id}", f"logger.group={hydra_value(spec['group'])}",
-        f"data.out_dir={prepared_dir(Path(spec['run_dir']), data_params)}",
-    ]
-    cmd = [sys.executable, "-m", "llama3zh_dist", *overrides]
-    env = dict(spec["env"])
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPUs Ray gave this trial
-        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    (run_dir / "command.sh").write_text(
-        "# this trial, as a normal run (cwd: " + spec["cwd"] + ")\n"
-        + " ".join(hydra_arg_quote(a) for a in ["python", "-m", "llama3zh_dist", *overrides]) + "\n"
-    )
-    if (run_dir / "FINISHED").exists():
-        # Finished before the sweep was interrupted (Tune had not recorded it yet): report, don't rerun.
-        for rec in _Tail(run_dir / "metrics.jsonl").records():
-            if "val_loss" in rec:
-                tune.report(_result(rec))
-        return
-    t_launch = time.time()
-    with open(run_dir / "launches.log", "a") as f:
-        f.write(json.dumps({"time": t_launch, "trial": trial_id}) + "\n")
-    log_path = run_dir / "train.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, cwd=spec["cwd"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
-    tail = _Tail(run_dir / "metrics.jsonl")
-    max_steps = int(config.get("trainer.max_steps", spec["max_steps"]))
-    last_step, final = 0, None
-    try:
+    ``setup`` starts the run (its launcher starts the ranks), each ``step`` returns the next
+    evaluation from the run's ``metrics.jsonl`` (``val_loss`` at ``step``), and ``cleanup`` -- which
+    Tune calls whenever it stops the trial: ASHA, an interrupted sweep, an error -- kills the run's
+    whole process group at once, so the trial's CPUs/GPUs are free for the next one.
+    """
+
+    def setup(self, config: dict, spec: dict):
+        self.spec = spec
+        self.proc: subprocess.Popen | None = None
+        trial_id = self.trial_id
+        self.run_dir = Path(spec["trials_dir"]) / trial_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tail = _Tail(self.run_dir / "metrics.jsonl")
+        self.max_steps = int(config.get("trainer.max_steps", spec["max_steps"]))
+        self.pending: list[dict] = []  # evaluations read but not yet returned
+        self.final: dict | None = None  # the evaluation at max_steps: returned once the run exited
+        self.last: dict | None = None
+        self.last_step = 0
+        if (self.run_dir / "FINISHED").exists():
+            # Finished before the sweep was interrupted (Tune had not recorded it): report, don't rerun.
+            self.t_launch = 0.0
+            return
+        data_params = {k: config[k] for k in spec["data_keys"] if k in config}
+        overrides = [
+            *spec["argv"], *param_overrides(config), *spec["trial_overrides"],
+            f"run.dir={self.run_dir}", f"run.name={spec['name']}-{trial_id}",
+            f"logger.group={hydra_value(spec['group'])}",
+            f"data.out_dir={prepared_dir(Path(spec['run_dir']), data_params)}",
+        ]
+        env = dict(spec["env"])
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPUs Ray gave this trial
+            env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        (self.run_dir / "command.sh").write_text(
+            f"# this trial as a normal run (from {spec['cwd']})\n"
+            + " ".join(shlex.quote(a) for a in ["python", "-m", "llama3zh_dist", *overrides]) + "\n"
+        )
+        self.t_launch = time.time()
+        with open(self.run_dir / "launches.log", "a") as f:
+            f.write(json.dumps({"time": self.t_launch, "trial": trial_id}) + "\n")
+        self.log_path = self.run_dir / "train.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llama3zh_dist", *overrides], cwd=spec["cwd"], env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+
+    def _read(self) -> None:
+        for rec in self.tail.records():
+            if "val_loss" not in rec or float(rec.get("time", self.t_launch)) < self.t_launch:
+                continue  # not an evaluation, or one reported before an interruption
+            if int(rec["step"]) <= self.last_step:
+                continue
+            self.last_step = int(rec["step"])
+            if self.last_step >= self.max_steps and self.proc is not None:
+                self.final = _result(rec)  # after the run saved and exited: ASHA stops trials at max_t
+            else:
+                self.pending.append(_result(rec))
+
+    def step(self) -> dict:
+        t0 = time.time()
         while True:
-            done = proc.poll() is not None
-            for rec in tail.records():
-                if "val_loss" not in rec or float(rec.get("time", t_launch)) < t_launch:
-                    continue  # not an evaluation, or one reported before an interruption
-                if int(rec["step"]) <= last_step:
-                    continue
-                last_step = int(rec["step"])
-                result = _result(rec)
-                if last_step >= max_steps:
-                    final = result  # reported once the run has saved and exited: ASHA stops at max_t
-                else:
-                    tune.report(result)
-            if done:
-                break
-            time.sleep(float(spec["poll_s"]))
-        if proc.returncode != 0:
-            raise RuntimeError(_error_summary(log_path, proc.returncode))
-        if final is not None:
-            tune.report(final)
-    finally:
-        # Stopped by ASHA (tune.report raised), interrupted, or failed: free the trial's resources now.
-        if proc.poll() is None:
+            exited = self.proc is None or self.proc.poll() is not None
+            self._read()
+            if self.pending:
+                result = self.pending.pop(0)
+                if exited and not self.pending and self.final is None and self.proc is None:
+                    result["done"] = True
+                self.last = result
+                return result
+            if not exited:
+                if time.time() - t0 >= float(self.spec["heartbeat_s"]):
+                    # Return now and then even without a new evaluation, so that a stop request (an
+                    # interrupted sweep) reaches ``cleanup`` promptly instead of queueing behind ``step``.
+                    return dict(self.last or {"step": 0})
+                time.sleep(float(self.spec["poll_s"]))
+                continue
+            if self.proc is not None and self.proc.returncode != 0:
+                raise RuntimeError(_error_summary(self.log_path, self.proc.returncode))
+            result = self.final or dict(self.last or {"step": self.last_step})
+            self.final = None
+            result["done"] = True
+            self.last = result
+            return result
+
+    def cleanup(self):
+        if self.proc is not None and self.proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.wait()
-
-
-def hydra_arg_quote(a: str) -> str:
-    import shlex
-
-    return shlex.quote(a)
+            self.proc.wait()
 
 
 def _trial_dirname(trial) -> str:
@@ -400,6 +424,8 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result):
         self._load()
+        if trial.trial_id not in self._trial_info:
+            super().on_trial_add(tune_controller, trial)
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
         return action
@@ -539,7 +565,7 @@ def _collect(experiment_path: Path, trials_dir: Path, sw: DictConfig, params: li
 
 
 def _trial_error(trial) -> str:
-    """The first line of a failed trial's error (the rank's exception, from ``run_trial``)."""
+    """The first line of a failed trial's error (the rank's exception, from ``TrialRun``)."""
     try:
         text = trial.get_error()
     except Exception:
@@ -737,13 +763,13 @@ def run_sweep(argv: list[str]) -> int:
         "argv": trial_argv, "trial_overrides": list(sw.trial_overrides or []), "name": str(sw.name),
         "group": str(sw.wandb_group), "run_dir": str(run_dir), "trials_dir": str(run_dir / "trials"),
         "data_keys": data_keys, "cwd": os.getcwd(), "poll_s": float(sw.poll_s),
-        "max_steps": int(rep_cfg.trainer.max_steps),
+        "max_steps": int(rep_cfg.trainer.max_steps), "heartbeat_s": float(sw.heartbeat_s),
         "env": {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
     }
     _ray_init(sw, need)
     # Slurm preemption and `kill` send SIGTERM: treat it as Ctrl-C (Tune saves its state and stops).
     signal.signal(signal.SIGTERM, lambda s, f: os.kill(os.getpid(), signal.SIGINT))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), need)
+    trainable = tune.with_resources(tune.with_parameters(TrialRun, spec=spec), need)
     if resuming:
         print(f"sweep: resuming the sweep in {experiment_path} (finished and failed trials are kept)", flush=True)
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
