@@ -137,12 +137,15 @@ class CheckpointManager:
                 files.update(d)
             atomic_write_text(tag_dir / MARKER, json.dumps({"step": step, "files": dict(sorted(files.items()))}, indent=1))
             atomic_write_text(self.root / "latest", tag + "\n")
-            self._prune()
+            self._prune(step)
         dist.barrier()
         return tag_dir
 
-    def _prune(self) -> None:
-        steps = complete_steps(self.root)
+    def _prune(self, current: int) -> None:
+        # Complete checkpoints newer than the one just saved were refused at resume (damaged): they
+        # are left for inspection and replaced when training reaches their step again; they do not
+        # count towards ``keep``, so the fallback chain behind ``current`` stays intact.
+        steps = [s for s in complete_steps(self.root) if s <= current]
         for old in steps[self.keep :]:
             # Marker first: a deletion cut short by a kill must never look like a complete checkpoint.
             (self.root / f"step_{old}" / MARKER).unlink(missing_ok=True)
@@ -151,8 +154,10 @@ class CheckpointManager:
         uni = self.root / UNIVERSAL
         if uni.is_dir():
             for d in uni.iterdir():
-                m = STEP_DIR.match(d.name.lstrip("."))
-                if d.is_dir() and (not m or int(m.group(1)) not in steps[: self.keep]):
+                m = STEP_DIR.match(d.name)
+                if d.name.startswith("."):  # an interrupted or failed conversion (none runs during a save)
+                    shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                elif d.is_dir() and (not m or int(m.group(1)) not in steps[: self.keep]):
                     shutil.rmtree(d, ignore_errors=True)
         # Interrupted saves older than the newest complete one can never complete: remove them.
         newest = steps[0] if steps else None
@@ -232,8 +237,10 @@ class CheckpointManager:
         filesystem, not in a collective, so a long conversion cannot trip the collective timeout.
         """
         out = self.root / UNIVERSAL / ckpt.name
+        failed = out.with_name(f".{ckpt.name}.failed")
         if self.rank == 0 and not (out / MARKER).is_file():
             tmp = out.with_name("." + ckpt.name)
+            failed.unlink(missing_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -245,12 +252,15 @@ class CheckpointManager:
             )
             if res.returncode != 0:
                 print(res.stdout[-4000:], file=sys.stderr, flush=True)
+                atomic_write_text(failed, res.stdout[-4000:])  # tells the waiting ranks to stop too
                 raise RuntimeError(f"converting {ckpt} to a universal checkpoint failed (exit {res.returncode})")
             atomic_write_text(tmp / MARKER, json.dumps({"source": str(ckpt), "seconds": time.time() - t0}))
             os.replace(tmp, out)
             print(f"universal checkpoint {out} written in {time.time() - t0:.1f}s", flush=True)
         else:
             while not (out / MARKER).is_file():
+                if failed.is_file():
+                    raise RuntimeError(f"rank 0 could not convert {ckpt} to a universal checkpoint (see its log)")
                 time.sleep(1)
         dist.barrier()
         return out

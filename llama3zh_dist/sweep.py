@@ -350,6 +350,13 @@ class TrialRun(Trainable):
             self.last = result
             return result
 
+    # The run resumes from its own checkpoints (run.dir/checkpoints); Tune keeps only a marker.
+    def save_checkpoint(self, checkpoint_dir: str) -> dict:
+        return {"last_step": self.last_step}
+
+    def load_checkpoint(self, checkpoint) -> None:
+        pass
+
     def cleanup(self):
         if self.proc is not None and self.proc.poll() is None:
             try:
@@ -745,6 +752,8 @@ def run_sweep(argv: list[str]) -> int:
     if not resuming and asha_state.exists():
         asha_state.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if str(sw.search_alg) == "grid":  # a grid search runs every value of every entry
+        space = {k: ({**v, "type": "grid"} if v["type"] == "choice" else v) for k, v in space.items()}
     search_alg = _search_alg(sw, space, points)
     scheduler = _scheduler(sw, max_steps, asha_state)
     domains = {k: tune_domain(k, s) for k, s in space.items()}
@@ -766,6 +775,8 @@ def run_sweep(argv: list[str]) -> int:
         "max_steps": int(rep_cfg.trainer.max_steps), "heartbeat_s": float(sw.heartbeat_s),
         "env": {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
     }
+    # Heartbeat results (see TrialRun.step) carry no val_loss; ASHA ignores them, Tune must not refuse them.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     _ray_init(sw, need)
     # Slurm preemption and `kill` send SIGTERM: treat it as Ctrl-C (Tune saves its state and stops).
     signal.signal(signal.SIGTERM, lambda s, f: os.kill(os.getpid(), signal.SIGINT))
@@ -786,6 +797,7 @@ def run_sweep(argv: list[str]) -> int:
             run_config=tune.RunConfig(
                 name=TUNE_DIR, storage_path=str(run_dir), verbose=int(sw.verbose),
                 failure_config=tune.FailureConfig(max_failures=int(sw.max_failures)),
+                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
             ),
         )
     tuner.fit()

@@ -307,6 +307,7 @@ class SFTRecipe:
         out = {"val_loss": all_loss / max(all_n, 1), "val_ppl": math.exp(min(all_loss / max(all_n, 1), 50))}
         for src, (loss, n) in sorted(total.items()):
             out[f"val_loss/{src}"] = loss / max(n, 1)
+            out[f"val_ppl/{src}"] = math.exp(min(loss / max(n, 1), 50))
         return out
 
     def _agree_on_flags(self) -> tuple[bool, bool]:

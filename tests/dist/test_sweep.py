@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -172,4 +173,10 @@ def test_best_experiment_runs_and_reproduces_the_trials_metrics(sweep):
     for step, t in trial.items():
         for key in ("loss", "lr", "grad_norm", "tokens", "supervised_tokens", "val_loss"):
             assert normal[step].get(key) == t.get(key), (step, key, normal[step].get(key), t.get(key))
-    assert sum("val_loss" in r for r in trial.values()) == STEPS // EVAL_EVERY
+    evals = [r for r in trial.values() if "val_loss" in r]
+    assert [r["step"] for r in evals] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
+    # Each evaluation: loss and perplexity overall and per source of the held-out split.
+    for r in evals:
+        for src in ("sharegpt_zh", "ruozhiba", "zhihu", "firefly"):
+            assert r[f"val_ppl/{src}"] == pytest.approx(math.exp(r[f"val_loss/{src}"]))
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
