@@ -120,7 +120,8 @@ def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
             "LOCAL_WORLD_SIZE": str(nproc), "NODE_RANK": str(nrank), "MASTER_ADDR": master_addr,
             "MASTER_PORT": port, "LLAMA3ZH_DATA_DIR": str(data_dir),
         })
-        procs.append(subprocess.Popen([sys.executable, "-m", "llama3zh_dist", *argv], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "llama3zh_dist", *argv], env=env,
+                                      preexec_fn=_term_when_parent_dies))
 
     def forward(signum, frame):
         for p in procs:
@@ -130,6 +131,18 @@ def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
     for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     return _wait(procs)
+
+
+def _term_when_parent_dies() -> None:
+    """In the child: get SIGTERM if the launcher dies (even by SIGKILL), so no rank is orphaned.
+
+    SIGTERM, like a preemption, makes the ranks save at the next step and exit. Linux only.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _wait(procs: list[subprocess.Popen]) -> int:
