@@ -130,8 +130,9 @@ def test_a_kill_at_any_point_of_a_save_resumes_from_the_newest_complete_checkpoi
         job = start(run_dir, data_dir, *args, log_suffix=f"-{trial}")
 
         def saving():
-            """A checkpoint folder this job started writing (leftovers of killed saves are older)."""
-            if not ckpts.is_dir():
+            """A checkpoint folder this job started writing (leftovers of killed saves are older), once
+            there is a complete checkpoint to fall back on."""
+            if not complete_steps(run_dir):
                 return None
             for d in ckpts.iterdir():
                 try:
