@@ -137,6 +137,11 @@ def supervised_loss_sum(model, batch: MicroBatch, device: torch.device) -> torch
     token is a label onto the 128,256-id vocabulary: the full logits tensor, the largest
     activation of the step, is never built for prompt tokens.
     """
+    return supervised_token_losses(model, batch, device).sum()
+
+
+def supervised_token_losses(model, batch: MicroBatch, device: torch.device) -> torch.Tensor:
+    """Cross-entropy of every supervised position of ``batch`` (the forward of the loss above)."""
     position_ids = batch.position_ids.to(device)
     out = model(
         input_ids=batch.input_ids.to(device),
@@ -146,4 +151,4 @@ def supervised_loss_sum(model, batch: MicroBatch, device: torch.device) -> torch
         use_cache=False,
     )
     logits = out.logits.reshape(-1, out.logits.shape[-1])
-    return F.cross_entropy(logits.float(), batch.targets.to(device), reduction="sum")
+    return F.cross_entropy(logits.float(), batch.targets.to(device), reduction="none")

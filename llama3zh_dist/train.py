@@ -37,7 +37,7 @@ from .data.loader import StepBatches, ValidationBatches
 from .deepspeed_config import build_deepspeed_config, start_lr_schedule
 from .errors import UserError
 from .metrics import MetricsLogger, peak_flops_per_device, train_flops_per_token
-from .model import build_model, init_untrained_token_rows, packed_attention_mask, supervised_loss_sum
+from .model import build_model, init_untrained_token_rows, supervised_loss_sum, supervised_token_losses
 
 log = logging.getLogger("llama3zh_dist")
 
@@ -390,13 +390,7 @@ class SFTRecipe:
 
 def _per_source_losses(engine, batch, device) -> dict[str, tuple[float, int]]:
     """Token losses of one validation micro-batch, summed per source of the samples."""
-    import torch.nn.functional as F
-
-    pos = batch.position_ids.to(device)
-    out = engine(input_ids=batch.input_ids.to(device), position_ids=pos, attention_mask=packed_attention_mask(engine, pos),
-                 logits_to_keep=batch.logits_mask.to(device), use_cache=False)
-    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
-    losses = F.cross_entropy(logits, batch.targets.to(device), reduction="none").cpu()
+    losses = supervised_token_losses(engine, batch, device).cpu()
     # Which sample each supervised position belongs to: a new sample starts where position is 0.
     starts = (batch.position_ids[0] == 0).cumsum(0) - 1
     owner = starts[batch.logits_mask[0]]
