@@ -4,7 +4,7 @@
 
 1. makes a ZeRO-3 checkpoint of a >=300M-parameter Llama (Llama 3 vocabulary, untied embeddings,
    reference logits as the final checkpoint of a training run holds them) with 2 CPU ranks on gloo
-   (``tests/dist/_export_helpers.py``);
+   (``tests/distributed/_export_helpers.py``);
 2. exports it with DeepSpeed's ``zero_to_fp32.py --safe_serialization`` (fp32, its only dtype), with ours
    in fp32 (like for like) and with ours in bf16 (our default), each in its own process under
    ``/usr/bin/time -v`` (Debian package ``time``: ``apt-get install time`` if missing);

@@ -86,7 +86,7 @@ fail() { printf '[train.sh %(%F %T)T] error: %s\n' -1 "$1" >&2; exit "${2:-1}"; 
 SIGNALLED=""
 srun_pid=""
 PHASE=prepare   # prepare -> train (srun running) -> decide
-# shellcheck disable=SC2317  # called from the traps below
+# shellcheck disable=SC2317,SC2329  # invoked only through the traps below (ShellCheck cannot see trap calls)
 forward() {  # signal name
   SIGNALLED=$1
   case "$PHASE" in

@@ -8,7 +8,7 @@ the way the trainer does: ``config.json``, ``trainer_state.json``, ``rng_state_r
 ``reference_logits.safetensors`` (fp32 logits of the trained model), then ``complete.json`` last and
 ``checkpoints/latest``.
 
-Run as a script (``python tests/dist/_export_helpers.py RUN_DIR --hidden 64 ...``) it does the same in
+Run as a script (``python tests/distributed/_export_helpers.py RUN_DIR --hidden 64 ...``) it does the same in
 a fresh process tree; the tests use that so that the pytest process never imports DeepSpeed's
 distributed state.
 """

@@ -1,6 +1,6 @@
 """Measure the peak resident memory of one export, in a process of its own.
 
-    python tests/dist/_export_memprobe.py WARM_CKPT CKPT OUT_DIR MAX_SHARD_SIZE [WORKERS]
+    python tests/distributed/_export_memprobe.py WARM_CKPT CKPT OUT_DIR MAX_SHARD_SIZE [WORKERS]
 
 Exports WARM_CKPT once first (imports, tokenizer save/reload, verification code paths: the fixed
 overhead, the same for any model size), then resets the peak-RSS counter of this process

@@ -1,4 +1,4 @@
-"""One rank of the packed-loss check (tests/dist/test_packed_loss.py); run with RANK, WORLD_SIZE,
+"""One rank of the packed-loss check (tests/distributed/test_packed_loss.py); run with RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT set.
 
 The quickstart model (conf/model/tiny.yaml, fp32) is built the trainer's way (``build_model`` under
