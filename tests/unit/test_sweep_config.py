@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from llama3zh_dist import config as config_mod
 from llama3zh_dist import sweep as sweep_mod
+from llama3zh_dist.sweep import best_experiment as best_experiment_mod
 from llama3zh_dist.config import load_config
 from llama3zh_dist.errors import UserError
 
@@ -66,7 +67,7 @@ def test_best_experiment_file_composes_to_the_best_trials_config(tmp_path, monke
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
     monkeypatch.setattr(config_mod, "CONF_DIR", conf)
-    monkeypatch.setattr(sweep_mod, "CONF_DIR", conf)
+    monkeypatch.setattr(best_experiment_mod, "CONF_DIR", conf)
     argv = ["+sweep=quickstart", "run.dir=/somewhere", "deepspeed=zero3_offload", "trainer.max_steps=30",
             "sweep.num_samples=2"]
     params = {"trainer.lr": 0.003, "trainer.warmup_ratio": 0.05, "trainer.weight_decay": 0.1}
