@@ -9,12 +9,10 @@ never write or read it (``save_latest=False``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -25,28 +23,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoint_layout import LATEST, MARKER, STEP_DIR, UNIVERSAL, complete_steps, step_dir_name, verify
+from .fileio import atomic_write_text, sha256_file
+
 log = logging.getLogger(__name__)
-
-MARKER = "complete.json"
-STEP_DIR = re.compile(r"^step_(\d+)$")
-UNIVERSAL = "universal"  # checkpoints/universal/step_<N>/: step_<N> converted for another world size
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -68,35 +48,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def complete_steps(ckpt_root: Path) -> list[int]:
-    """Steps of the checkpoints that carry a completion marker, newest first."""
-    if not ckpt_root.is_dir():
-        return []
-    steps = []
-    for d in ckpt_root.iterdir():
-        m = STEP_DIR.match(d.name)
-        if m and (d / MARKER).is_file():
-            steps.append(int(m.group(1)))
-    return sorted(steps, reverse=True)
-
-
-def verify(ckpt_dir: Path, files: list[str] | None = None) -> str | None:
-    """None if the listed files of ``ckpt_dir`` match their marker checksums, else the problem."""
-    try:
-        marker = json.loads((ckpt_dir / MARKER).read_text())
-    except (OSError, ValueError) as e:
-        return f"{ckpt_dir / MARKER}: unreadable ({e})"
-    for rel, digest in marker["files"].items():
-        if files is not None and rel not in files:
-            continue
-        path = ckpt_dir / rel
-        if not path.is_file():
-            return f"{path}: missing"
-        if sha256_file(path) != digest:
-            return f"{path}: checksum mismatch (file damaged)"
-    return None
-
-
 class CheckpointManager:
     """Saves and finds checkpoints; every method is called by all ranks together."""
 
@@ -107,7 +58,7 @@ class CheckpointManager:
     # -- saving -------------------------------------------------------------------------------
     def save(self, engine, step: int, trainer_state: dict, hf_config, extra: dict | None = None) -> Path:
         """All ranks write, barrier, hash; then the marker and ``latest`` (rank 0); then prune."""
-        tag = f"step_{step}"
+        tag = step_dir_name(step)
         tag_dir = self.root / tag
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -136,7 +87,7 @@ class CheckpointManager:
             for d in gathered:
                 files.update(d)
             atomic_write_text(tag_dir / MARKER, json.dumps({"step": step, "files": dict(sorted(files.items()))}, indent=1))
-            atomic_write_text(self.root / "latest", tag + "\n")
+            atomic_write_text(self.root / LATEST, tag + "\n")
             self._prune(step)
         dist.barrier()
         return tag_dir

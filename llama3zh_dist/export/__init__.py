@@ -7,12 +7,13 @@ into place). ``python -m llama3zh_dist.export run.dir=... [export.step=N] [expor
 """
 
 from .core import (
-    LOGITS_TOLERANCE,
     check_complete_checkpoint,
     export_checkpoint,
     export_run,
+    export_run_summary,
     resolve_checkpoint,
 )
+from .verify import LOGITS_TOLERANCE
 from .wandb_log import log_export_to_wandb
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "check_complete_checkpoint",
     "export_checkpoint",
     "export_run",
+    "export_run_summary",
     "log_export_to_wandb",
     "resolve_checkpoint",
 ]

@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("say which run to export: python -m llama3zh_dist.export run.dir=runs/<name> "
                         "[export.step=N] [export.dtype=bfloat16] [export.max_shard_size=5GB]")
     cfg = compose(argv)
-    from .core import export_run
+    from .core import export_run_summary
 
-    out = export_run(cfg)
-    s = export_run.last_summary
+    s = export_run_summary(cfg)
+    out = s["out_dir"]
     brief = {k: s[k] for k in ("out_dir", "step", "dtype", "num_parameters", "shards", "seconds", "peak_rss_bytes")}
     if s.get("verification"):
         brief["verification"] = s["verification"]

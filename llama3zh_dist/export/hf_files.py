@@ -1,0 +1,56 @@
+"""The Hugging Face files of an export besides the weights: ``config.json`` (in the export dtype) and
+``generation_config.json`` (stops on ``<|eot_id|>`` and ``<|end_of_text|>``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+
+import torch
+
+from llama3zh_dist.errors import UserError
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float32": torch.float32, "fp32": torch.float32}
+DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+# Llama 3 generation defaults (ids of the real Llama 3 tokenizer).
+GENERATION_DEFAULTS = {"bos_token_id": 128000, "eos_token_id": [128009, 128001], "pad_token_id": 128004}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPE_NAMES:
+            return dtype
+    elif str(dtype).replace("torch.", "") in DTYPES:
+        return DTYPES[str(dtype).replace("torch.", "")]
+    raise UserError(f"export.dtype={dtype!r} is not supported: use bfloat16, float16 or float32")
+
+
+
+def write_generation_config(path: pathlib.Path, tokenizer, hf_config) -> None:
+    from transformers import GenerationConfig
+
+    ids = dict(GENERATION_DEFAULTS)
+    vocab = tokenizer.get_vocab() if tokenizer is not None and hasattr(tokenizer, "get_vocab") else {}
+    named = {"bos_token_id": ["<|begin_of_text|>"], "eos_token_id": ["<|eot_id|>", "<|end_of_text|>"],
+             "pad_token_id": ["<|finetune_right_pad_id|>"]}
+    for key, toks in named.items():
+        if all(t in vocab for t in toks):
+            got = [vocab[t] for t in toks]
+            ids[key] = got if key == "eos_token_id" else got[0]
+    gen = GenerationConfig(do_sample=False, **ids)
+    gen.save_pretrained(path)
+
+
+def write_config(path: pathlib.Path, hf_config, dtype: torch.dtype) -> None:
+    cfg = copy.deepcopy(hf_config)
+    cfg.dtype = dtype  # transformers 5 writes it as "dtype"; 4.x reads "torch_dtype" (set below)
+    cfg.save_pretrained(path)
+    f = path / "config.json"
+    data = json.loads(f.read_text())
+    data["torch_dtype"] = DTYPE_NAMES[dtype]  # read by transformers 4.x; 5.x reads "dtype"
+    if "dtype" in data:
+        data["dtype"] = DTYPE_NAMES[dtype]
+    f.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
