@@ -43,6 +43,9 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
                 f"unknown option {o!r}: settings are Hydra overrides such as trainer.lr=1e-5 "
                 "or +experiment=quickstart (see README)"
             )
+    from .schema import ConfigValueError, register, validate
+
+    register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -63,6 +66,10 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
             + ", ".join(missing)
             + " (set them on the command line, e.g. data.files=[a.jsonl] data.format=sharegpt)"
         )
+    try:
+        validate(cfg)
+    except ConfigValueError as e:
+        raise UserError(f"{e.key}={e.value!r} is rejected: {e.reason}") from None
     return cfg
 
 

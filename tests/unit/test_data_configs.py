@@ -70,7 +70,10 @@ def test_files_config_needs_format_and_files():
 
     with pytest.raises(UserError, match="data.files|data.format"):
         load_config(["model=tiny", "data=files"])
-    cfg = load_config(["model=tiny", "data=files", "data.files=[x.jsonl]", "data.format=yaml"])
+    with pytest.raises(UserError, match="data.format='yaml'"):  # rejected while composing
+        load_config(["model=tiny", "data=files", "data.files=[x.jsonl]", "data.format=yaml"])
+    cfg = load_config(["model=tiny", "data=files", "data.files=[x.jsonl]", "data.format=sharegpt"])
+    cfg.data.format = "yaml"  # and by the source reader, for configs built in code
     with pytest.raises(UserError, match="data.format='yaml'"):
         source_specs(cfg.data)
     assert OmegaConf.select(cfg, "data.columns") is None

@@ -106,7 +106,8 @@ def make_cfg(tmp_path: Path, sources: dict, out: str = "out", **data):
     cfg.data.max_reject_fraction = 1.0
     cfg.data.ray.workers = 0
     for k, v in data.items():
-        OmegaConf.update(cfg, "data." + k, v, merge=False)
+        # merge: the typed data schema takes a mapping into a section (data.clean) only by merging
+        OmegaConf.update(cfg, "data." + k, v, merge=isinstance(v, dict))
     return cfg
 
 

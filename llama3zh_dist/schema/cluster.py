@@ -1,0 +1,40 @@
+"""``cluster``: where the ranks run and how they talk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+from .base import one_of, require
+
+
+@dataclass
+class ClusterConfig:
+    nodes: int = 1
+    """Nodes of the job (Slurm sets it from the allocation)."""
+    nproc_per_node: int = 8
+    """Ranks per node: one per GPU (or 2 CPU ranks for tests)."""
+    device: str = "cuda"
+    """cuda | cpu."""
+    backend: str = "nccl"
+    """nccl on GPU, gloo on CPU."""
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    """0 = pick a free port (single node only)."""
+    timeout_minutes: float = 30
+    """Collective timeout: a rank that stops answering ends the job instead of hanging it."""
+    prep_wait_minutes: float = 120
+    """How long non-zero nodes wait for node 0's data preparation."""
+    env: Dict[str, Any] = field(default_factory=dict)
+    """Extra environment for every rank (NCCL_* knobs, ...)."""
+
+    def __post_init__(self):
+        require(self.nodes >= 1, "nodes", self.nodes, "a job runs on at least one node")
+        require(self.nproc_per_node >= 1, "nproc_per_node", self.nproc_per_node, "each node runs at least one rank")
+        one_of("device", self.device, ("cuda", "cpu"))
+        one_of("backend", self.backend, ("nccl", "gloo"),
+               "NCCL takes CUDA tensors only, gloo CPU ones: nccl on GPU, gloo on CPU")
+        require(self.backend == ("nccl" if self.device == "cuda" else "gloo"), "backend", self.backend,
+                f"cluster.device={self.device} needs cluster.backend={'nccl' if self.device == 'cuda' else 'gloo'}")
+        require(0 <= self.master_port < 65536, "master_port", self.master_port, "a TCP port is in [0, 65535]")
+        require(self.timeout_minutes > 0, "timeout_minutes", self.timeout_minutes, "a collective needs time to finish")

@@ -1,0 +1,38 @@
+"""``model``: which weights, in which dtype, with which attention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .base import one_of, require
+
+ATTENTION = ("flash_attention_2", "sdpa", "eager")
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None
+    """A local Hugging Face model folder or a Hub id (the tokenizer comes from it too)."""
+    init: str = "pretrained"
+    """pretrained: load ``path``; random: build ``arch`` with fresh weights (quickstart, tests)."""
+    arch: Optional[Any] = None
+    """For init=random: LlamaConfig fields (hidden_size, num_hidden_layers, ...)."""
+    dtype: str = "bfloat16"
+    """Training compute dtype: bfloat16 on GPU, float32 on CPU."""
+    attn_implementation: str = "flash_attention_2"
+    """flash_attention_2 (GPU, packed rows via varlen), sdpa or eager."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: ~1/3 more compute, far less memory."""
+    init_special_token_rows: bool = True
+    """Mean-initialise the untrained chat-token embedding rows of base checkpoints."""
+    trust_remote_code: bool = False
+    """Run code shipped with the model folder; off unless the user turns it on."""
+
+    def __post_init__(self):
+        one_of("init", self.init, ("pretrained", "random"))
+        require(self.init != "random" or bool(self.arch), "arch", self.arch,
+                "model.init=random builds the model from model.arch: give its LlamaConfig fields (see conf/model/tiny.yaml)")
+        one_of("dtype", self.dtype, DTYPES)
+        one_of("attn_implementation", self.attn_implementation, ATTENTION)
