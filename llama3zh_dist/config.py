@@ -102,10 +102,10 @@ def redact_text(text: str) -> str:
 
 def save_config(cfg: DictConfig, path: Path) -> None:
     """Write the resolved, redacted config (``run.dir/config.yaml``) atomically."""
+    from .fileio import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
-    os.replace(tmp, path)
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(redact(cfg))))
 
 
 def resolve_path(p: str | os.PathLike) -> Path:

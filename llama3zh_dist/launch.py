@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from . import EXIT_REQUEUE
 from .errors import UserError
+from .fileio import atomic_write_text
 
 FAILED_RANK_GRACE_S = 15  # surviving ranks get this long to exit on their own after a failure
 REQUEUE_GRACE_S = 120  # after a rank exits 75 the others are finishing the same save
@@ -64,16 +65,13 @@ def ensure_prepared_data(cfg: DictConfig, *, is_preparer: bool) -> Path:
         from .data.prep import prepare_dataset
 
         marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".tmp")
         try:
             out = Path(prepare_dataset(cfg)).absolute()
         except BaseException as e:
             # Tell the waiting nodes at once instead of letting them time out.
-            tmp.write_text(f"{token}\nFAILED: {type(e).__name__}: {str(e)[:500]}\n")
-            os.replace(tmp, marker)
+            atomic_write_text(marker, f"{token}\nFAILED: {type(e).__name__}: {str(e)[:500]}\n")
             raise
-        tmp.write_text(f"{token}\n{out}\n")
-        os.replace(tmp, marker)
+        atomic_write_text(marker, f"{token}\n{out}\n")
         return out
     deadline = time.time() + 60 * float(cfg.cluster.prep_wait_minutes)
     while time.time() < deadline:

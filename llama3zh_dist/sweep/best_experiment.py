@@ -4,13 +4,13 @@ only what differs from the experiment the sweep ran, checked to compose back to 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import CONF_DIR, load_config
+from ..fileio import atomic_write_text
 from .space import param_overrides
 
 # Keys a trial gets from the sweep itself; they never reach the best-config experiment file.
@@ -76,9 +76,7 @@ def write_best_experiment(name: str, argv: list[str], params: dict[str, Any], he
     body = OmegaConf.to_yaml(OmegaConf.create({"defaults": defaults, **values}))
     path = CONF_DIR / "experiment" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text("# @package _global_\n" + "".join(f"# {h}\n" if h else "#\n" for h in header) + body)
-    os.replace(tmp, path)
+    atomic_write_text(path, "# @package _global_\n" + "".join(f"# {h}\n" if h else "#\n" for h in header) + body)
     # It must compose to the best trial's settings, or it is no use.
     check = load_config([f"+experiment={name}"])
     for k, v in params.items():
