@@ -1,1 +1,1 @@
-"""Data pipeline: sources, cleaning, the Llama 3 chat template, packing and Ray prep (issue 3)."""
+"""Data pipeline: sources, cleaning, the Llama 3 chat template, packing and Ray prep."""

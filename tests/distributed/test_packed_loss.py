@@ -1,4 +1,4 @@
-"""Issue 3: the loss of a packed row equals the sum of its samples' unpacked losses (fp32, 1e-5),
+"""The loss of a packed row equals the sum of its samples' unpacked losses (fp32, 1e-5),
 on 2 ranks on gloo under the real DeepSpeed ZeRO-3 engine.
 
 The ranks run ``_packed_loss_worker.py`` in their own processes (the pytest process never imports

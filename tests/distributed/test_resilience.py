@@ -1,4 +1,4 @@
-"""Checkpoints you can trust (issue 4): every test runs the real command on 2 CPU ranks (gloo, fp32,
+"""Checkpoints you can trust: every test runs the real command on 2 CPU ranks (gloo, fp32,
 tiny model) and breaks it the way clusters do: kill -9, a kill in the middle of a save, a damaged file,
 a preemption signal, NaN, a hung rank, a different number of ranks on resume, and leaked secrets.
 

@@ -1,4 +1,4 @@
-"""Acceptance tests of ``python -m llama3zh_dist.sweep +sweep=quickstart`` (issue 7), on this machine.
+"""Acceptance tests of ``python -m llama3zh_dist.sweep +sweep=quickstart``, on this machine.
 
 One real sweep serves every test (4 trials, ASHA, one trial at a time, each a 2-rank ZeRO-3 CPU run
 of the tiny model): trial 0 trains well, trial 1 learns almost nothing (ASHA must stop it), trial 2

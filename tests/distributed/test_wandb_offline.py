@@ -1,4 +1,4 @@
-"""Issue 2: the W&B offline run folder holds the same losses as metrics.jsonl.
+"""The W&B offline run folder holds the same losses as metrics.jsonl.
 
 A short real quickstart training (2 gloo ranks, ZeRO-3, W&B offline as configured by default) runs
 in a subprocess; the test then reads the ``.wandb`` run file back (``_wandb_file``: the LevelDB-log

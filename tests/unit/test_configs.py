@@ -1,4 +1,4 @@
-"""Issue 2: every shipped config composes and can work.
+"""Every shipped config composes and can work.
 
 Every experiment (``+experiment=<name>``), every option of every config group (``<group>=<option>``),
 every sweep (``+sweep=<name>``) and the Slurm overlay (``+cluster@_global_=slurm``) is composed
