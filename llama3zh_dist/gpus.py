@@ -30,7 +30,7 @@ class GPU:
 
 GB = 1e9
 GPUS: tuple[GPU, ...] = (
-    GPU("H100-SXM", 81559 * MIB, 989e12, 450 * GB, 50 * GB, ("H100 80GB HBM3", "H100 SXM5 80GB", "H100")),
+    GPU("H100-SXM", 81559 * MIB, 989e12, 450 * GB, 50 * GB, ("H100 80GB HBM3",)),
     GPU("H100-PCIe", 81559 * MIB, 756e12, 64 * GB, 25 * GB, ("H100 PCIe",)),
     GPU("H100-NVL", 95830 * MIB, 835e12, 300 * GB, 25 * GB, ("H100 NVL",)),
     GPU("H200", 143771 * MIB, 989e12, 450 * GB, 50 * GB, ("H200", "H200 NVL")),
@@ -41,7 +41,6 @@ GPUS: tuple[GPU, ...] = (
     GPU("L40S", 46068 * MIB, 362e12, 32 * GB, 12.5 * GB, ("L40S",)),
     GPU("RTX-4090", 24564 * MIB, 165e12, 32 * GB, 12.5 * GB, ("GeForce RTX 4090",)),
 )
-# The "H100" device name is what some drivers report for the SXM part; PCIe/NVL always say so.
 
 
 def by_name(name: str) -> GPU | None:
