@@ -4,9 +4,8 @@ Model states follow DeepSpeed's own accounting (``estimate_zero3_model_states_me
 per-rank partitions of parameters, gradients and optimizer state, plus the largest layer's
 gathered bf16 parameters and gradients), with the bytes per parameter read from the generated
 DeepSpeed config rather than assumed: bf16 parameters (2), fp32 gradient accumulation (4 where
-``data_types.grad_accum_dtype`` is fp32, else the parameter dtype), fp32 master weights (4; none
-when the model itself is fp32: DeepSpeed then updates the parameter partition in place) and Adam's
-two fp32 moments (8).
+``data_types.grad_accum_dtype`` is fp32, else the parameter dtype), fp32 master weights (4; a
+separate copy even for an fp32 model, as measured on a 2-rank run) and Adam's two fp32 moments (8).
 
 Activations are counted for the Hugging Face Llama layer as it runs, tensor by tensor (what
 autograd saves), in the spirit of Korthikanti et al. 2022 ("Reducing Activation Recomputation in
@@ -47,7 +46,7 @@ class ZeroSettings:
         return cls(
             param_bytes=p,
             grad_bytes=DTYPE_BYTES[accum] if accum else p,
-            master_bytes=0 if p == 4 else 4,
+            master_bytes=4,
             comm_bytes=DTYPE_BYTES.get(str(ds.get("communication_data_type")), p),
             offload_optimizer=(z.get("offload_optimizer") or {}).get("device", "none") not in ("none", None),
             offload_param=(z.get("offload_param") or {}).get("device", "none") not in ("none", None),
