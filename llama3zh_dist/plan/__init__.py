@@ -62,6 +62,9 @@ def memory(cfg: DictConfig, shape, ds: dict, gpu: GPU | None, world: int) -> dic
         "detail": {"parameters_gpu": states["parameters"], "gradients_and_optimizer": states["gradients_and_optimizer"],
                    "largest_layer_gathered": states["largest_layer_gathered"],
                    "partitioned_per_rank": states["partitioned_per_rank"], **bufs,
+                   # DeepSpeed's cap on gathered parameters; in practice it releases each module after
+                   # use, so only the current module and the prefetch bucket are live (counted above).
+                   "max_live_parameters_bound": z.param_bytes * min(z.max_live_parameters, shape.total_params),
                    "activations_at_loss": act["at_loss"], "tokens_per_micro_batch": tokens,
                    "host_states_per_rank": states["host_per_rank"], "host_checkpoint_load_node0": checkpoint_load},
         "host_bytes_per_node": host,

@@ -37,6 +37,7 @@ class ZeroSettings:
     persistence_threshold: int
     prefetch_bucket: int
     reduce_bucket: int
+    max_live_parameters: int
 
     @classmethod
     def from_ds_config(cls, ds: dict, model_dtype: str) -> "ZeroSettings":
@@ -53,6 +54,7 @@ class ZeroSettings:
             persistence_threshold=int(z.get("stage3_param_persistence_threshold", 0)),
             prefetch_bucket=int(z.get("stage3_prefetch_bucket_size", 0)),
             reduce_bucket=int(z.get("reduce_bucket_size", 0)),
+            max_live_parameters=int(z.get("stage3_max_live_parameters", 0)),
         )
 
     @property

@@ -20,11 +20,18 @@ def _gib(n: float | None) -> str:
     return "-" if n is None else f"{n / GIB:8.2f} GiB"
 
 
+def _short(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
 def breakdown_lines(plan: dict) -> list[str]:
     b, d = plan["per_gpu_bytes"], plan["detail"]
     lines = [f"{k:<13}{_gib(b[k])}   {SOURCES[k]}" for k in SOURCES]
-    lines.insert(1, f"  of which: parameters {_gib(d['parameters_gpu'])}, gradients+optimizer "
-                    f"{_gib(d['gradients_and_optimizer'])}, largest layer gathered {_gib(d['largest_layer_gathered'])}")
+    lines.insert(1, f"  of which: parameters {_short(d['parameters_gpu'])}, gradients+optimizer "
+                    f"{_short(d['gradients_and_optimizer'])}, largest layer gathered {_short(d['largest_layer_gathered'])}")
+    lines.insert(5, f"  of which: persistent parameters {_short(d['persistent_parameters'])}, prefetch "
+                    f"{_short(d['prefetch_bucket'])}, reduce buckets {_short(d['reduce_buckets'])} (stage3_max_live_parameters "
+                    f"would allow up to {_short(d['max_live_parameters_bound'])} gathered)")
     lines.append(f"{'total':<13}{_gib(b['total'])}   (activations and loss peak at different moments: the larger phase counts)")
     return lines
 
