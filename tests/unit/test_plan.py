@@ -116,3 +116,21 @@ def test_unknown_gpu_name_is_a_user_error_listing_the_known_ones():
 
     with pytest.raises(UserError, match="H100-SXM"):
         make_plan(load_config(["+experiment=full_sft", "cluster.gpu=H100"]))
+
+
+def test_step_time_is_flops_at_the_assumed_mfu_or_zero3_traffic_whichever_is_longer():
+    cfg = load_config(["+experiment=full_sft", "cluster.gpu=H100-SXM"])
+    from llama3zh_dist.deepspeed_config import build_deepspeed_config
+
+    plan = make_plan(cfg)
+    d, n = plan["detail"], 8_030_261_248
+    c = 4 if build_deepspeed_config(cfg, 8).get("communication_data_type") == "fp32" else 2  # reduce-scatter dtype
+    assert d["compute_seconds"] == pytest.approx(d["flops_per_step"] / (8 * 989e12 * 0.40))
+    # 8 micro-batches per GPU; each gathers bf16 weights twice and reduce-scatters the gradients,
+    # 7/8 of the model through every GPU's NVLink (450 GB/s at 70%).
+    assert d["comm_bytes_per_gpu"] == pytest.approx(8 * (2 + 2 + c) * n * 7 / 8)
+    assert d["comm_seconds"] == pytest.approx(d["comm_bytes_per_gpu"] / (450e9 * 0.7))
+    assert plan["step_seconds"] == pytest.approx(max(d["compute_seconds"], d["comm_seconds"]))
+    # Two nodes without hierarchical partitioning: the same traffic per micro-batch crosses InfiniBand.
+    two = make_plan(load_config(["+experiment=full_sft", "cluster.gpu=H100-SXM", "cluster.nodes=2"]))["detail"]
+    assert two["comm_seconds"] == pytest.approx(4 * (2 + 2 + c) * n * 15 / 16 / (50e9 * 0.7))
