@@ -12,23 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .config import redact
-
-# Dense bf16 peak FLOP/s per device, for MFU. Unknown devices (and CPUs) report mfu = null.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "4090": 165e12}
-
-
-def peak_flops_per_device(device: str) -> float | None:
-    if device != "cuda":
-        return None
-    import torch
-
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def train_flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: float) -> float:
-    """6N for the matmuls (forward + backward) plus the attention scores (PaLM appendix B)."""
-    return 6 * n_params + 12 * n_layers * hidden * seq_len
+# MFU's FLOPs and the device peaks live in flops.py and gpus.py, shared with the planner.
+from .gpus import peak_bf16_flops as peak_flops_per_device  # noqa: F401  (train.py imports it from here)
 
 
 class MetricsLogger:

@@ -117,6 +117,14 @@ def problems(cfg: DictConfig, *, world_size: int | None = None) -> list[str]:
     problem = _model_path_problem(cfg)
     if problem:
         out.append(problem)
+    try:  # will it fit: the planner's per-GPU peak against the GPU's memory (python -m llama3zh_dist.plan)
+        from .plan import memory_problem
+
+        memory = memory_problem(cfg)
+    except UserError as e:
+        memory = None if problem else str(e)
+    if memory:
+        out.append(memory)
     return out
 
 

@@ -36,7 +36,8 @@ from .config import save_config
 from .data.loader import StepBatches, ValidationBatches
 from .deepspeed_config import build_deepspeed_config, start_lr_schedule
 from .errors import UserError
-from .metrics import MetricsLogger, peak_flops_per_device, train_flops_per_token
+from .flops import ModelShape, micro_batch_flops
+from .metrics import MetricsLogger, peak_flops_per_device
 from .model import build_model, init_untrained_token_rows, supervised_loss_sum, supervised_token_losses
 
 log = logging.getLogger("llama3zh_dist")
@@ -225,7 +226,8 @@ class SFTRecipe:
     def _train_step(self, step: int) -> dict:
         t0 = time.time()
         micro = self.batches.micro_batches(step)
-        counts = torch.tensor([sum(m.supervised_tokens for m in micro), sum(m.tokens for m in micro)], dtype=torch.float64)
+        counts = torch.tensor([sum(m.supervised_tokens for m in micro), sum(m.tokens for m in micro),
+                               micro_batch_flops(ModelShape.from_config(self.hf_config), micro)], dtype=torch.float64)
         dist.all_reduce(counts)
         global_sup = max(float(counts[0]), 1.0)
         lr = float(self.engine.get_lr()[0])  # the rate this step's update uses (the scheduler steps after it)
@@ -255,14 +257,11 @@ class SFTRecipe:
             self.bad_steps_in_a_row = 0
         dt = time.time() - t0
         tokens, sup = int(counts[1]), int(counts[0])
-        seq = tokens / max(1, int(self.cfg.trainer.global_batch_size))
-        mfu = None
-        if self.peak_flops:
-            flops = train_flops_per_token(self.n_params, self.hf_config.num_hidden_layers, self.hf_config.hidden_size, seq)
-            mfu = flops * tokens / dt / (self.peak_flops * self.world_size)
+        flops = float(counts[2])  # flops.py: what the step computed usefully, over all ranks
+        mfu = flops / dt / (self.peak_flops * self.world_size) if self.peak_flops else None
         return {
             "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens": tokens, "supervised_tokens": sup, "tokens_per_s": tokens / dt, "mfu": mfu,
+            "tokens": tokens, "supervised_tokens": sup, "tokens_per_s": tokens / dt, "mfu": mfu, "flops": flops,
             "epoch": self.batches.epoch_at(step), "world_size": self.world_size, "skipped": not applied,
             "time": time.time(),
         }

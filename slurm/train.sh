@@ -10,7 +10,9 @@
 #
 # What one job attempt does:
 #   1. Pre-flight, before anything runs on the nodes: `python -m llama3zh_dist.preflight` composes and
-#      validates the config for this allocation's world size (batch arithmetic, model path, GPUs, ...).
+#      validates the config for this allocation's world size (batch arithmetic, model path, GPUs, ...)
+#      and plans its memory (python -m llama3zh_dist.plan): a run whose predicted per-GPU peak exceeds
+#      the GPU's memory is refused with the breakdown and the cheapest changes that would fit.
 #      A bad config fails here in seconds, exit 2, with the message in this job's output.
 #   2. Stops at once if the run folder says FINISHED (a stale requeue, or a rerun of a finished run).
 #   3. MASTER_ADDR = first host of the allocation, MASTER_PORT derived from the job id (and the

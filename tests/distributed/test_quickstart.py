@@ -96,3 +96,20 @@ def test_export_loads_offline_and_its_chat_template_equals_training_tokens(quick
     new = out[0, ids["input_ids"].shape[1]:].tolist()
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     assert new[-1] == eot and eot not in new[:-1] and len(new) < 400
+
+
+def test_plan_calibrated_from_the_run_predicts_its_time_per_step(quickstart):
+    """Acceptance: ``plan.calibrate_from`` of a finished run predicts that run's time per step within 20%."""
+    import statistics
+
+    run_dir, overrides, _ = quickstart
+    out = _run(["-m", "llama3zh_dist.plan", *overrides, f"plan.calibrate_from={run_dir}", "plan.format=json"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads(out.stdout)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["flops"] > 0 for r in records)
+    # Wall time from one step's record to the next (what a user waits per step), median over the run.
+    measured = statistics.median(b["time"] - a["time"] for a, b in zip(records, records[1:]))
+    assert plan["step_seconds"] == pytest.approx(measured, rel=0.2)
+    assert plan["tokens_per_step"] == pytest.approx(statistics.mean(r["tokens"] for r in records), rel=0.2)
+    assert plan["hours_to_max_steps"] == pytest.approx(plan["step_seconds"] * 120 / 3600)

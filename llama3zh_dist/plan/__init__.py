@@ -1,0 +1,179 @@
+"""Will a config fit, and how long will it take: the plan behind ``python -m llama3zh_dist.plan``.
+
+``make_plan(cfg)`` answers from the same config (and the same generated DeepSpeed config) that the
+run uses, without weights or a GPU; pre-flight calls ``memory_problem(cfg)`` and refuses a run
+whose predicted peak exceeds the GPU's memory.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..deepspeed_config import build_deepspeed_config
+from ..errors import UserError
+from ..gpus import GPU, attached_gpu, by_name, known_names
+from .memory import DTYPE_BYTES, GIB, ZeroSettings, activations, loss_buffer, model_states, zero_buffers
+from .shapes import model_shape
+from .timing import calibration, data_stats, step_time
+
+
+def plan_gpu(cfg: DictConfig) -> GPU | None:
+    """``cluster.gpu`` when given, else the attached GPU; None on the CPU path (no memory limit)."""
+    name = cfg.cluster.get("gpu")
+    if name:
+        gpu = by_name(name)
+        if gpu is None:
+            raise UserError(f"cluster.gpu={name} is not a GPU model we know; use one of {known_names()}")
+        return gpu
+    if cfg.cluster.device != "cuda":
+        return None
+    found = attached_gpu()
+    if found is None:
+        return None
+    gpu = by_name(found[0])
+    # A GPU missing from the table: its real memory, no peak (time needs plan.calibrate_from).
+    return gpu or GPU(found[0], found[1], None, 0.0, 0.0, (found[0],))  # type: ignore[arg-type]
+
+
+def memory(cfg: DictConfig, shape, ds: dict, gpu: GPU | None, world: int) -> dict:
+    """Per-GPU bytes by term, and host bytes per node."""
+    p = DTYPE_BYTES[cfg.model.dtype]
+    z = ZeroSettings.from_ds_config(ds, cfg.model.dtype)
+    states = model_states(shape, z, world)
+    bufs = zero_buffers(shape, z)
+    tokens = int(cfg.trainer.micro_batch_size) * int(cfg.data.max_seq_len)
+    act = activations(shape, tokens, p, cfg.model.attn_implementation, bool(cfg.model.gradient_checkpointing))
+    loss = loss_buffer(shape, int(tokens * float(cfg.plan.peak_supervised_share)), p)
+    model_states_bytes = states["parameters"] + states["gradients_and_optimizer"] + states["largest_layer_gathered"]
+    buffers = sum(bufs.values())
+    # Activations and the loss peak at different moments: the layers' backward comes after the loss.
+    compute_peak = max(act["at_loss"] + loss, act["peak"])
+    fixed = int(float(cfg.plan.overhead_gib) * GIB) if gpu is not None else 0
+    subtotal = model_states_bytes + buffers + compute_peak
+    overhead = fixed + int(float(cfg.plan.fragmentation) * subtotal) if gpu is not None else 0
+    per_node = int(cfg.cluster.nproc_per_node)
+    checkpoint_load = p * shape.total_params if cfg.model.init == "pretrained" else 0
+    host = per_node * (states["host_per_rank"] + int(float(cfg.plan.host_gib_per_rank) * GIB)) + checkpoint_load
+    return {
+        "per_gpu_bytes": {"model_states": model_states_bytes, "activations": act["peak"], "loss": loss,
+                          "buffers": buffers, "overhead": overhead, "total": subtotal + overhead},
+        "detail": {"parameters_gpu": states["parameters"], "gradients_and_optimizer": states["gradients_and_optimizer"],
+                   "largest_layer_gathered": states["largest_layer_gathered"],
+                   "partitioned_per_rank": states["partitioned_per_rank"], **bufs,
+                   # DeepSpeed's cap on gathered parameters; in practice it releases each module after
+                   # use, so only the current module and the prefetch bucket are live (counted above).
+                   "max_live_parameters_bound": z.param_bytes * min(z.max_live_parameters, shape.total_params),
+                   "activations_at_loss": act["at_loss"], "tokens_per_micro_batch": tokens,
+                   "host_states_per_rank": states["host_per_rank"], "host_checkpoint_load_node0": checkpoint_load},
+        "host_bytes_per_node": host,
+    }
+
+
+def make_plan(cfg: DictConfig) -> dict:
+    """The plan of ``cfg`` as the JSON object of SPEC.md (Planning), plus a ``detail`` section."""
+    from ..data.prep import resolve_out_dir
+
+    world = int(cfg.cluster.nodes) * int(cfg.cluster.nproc_per_node)
+    shape, shape_source = model_shape(cfg)
+    ds = build_deepspeed_config(cfg, world)
+    gpu = plan_gpu(cfg)
+    mem = memory(cfg, shape, ds, gpu, world)
+    total = mem["per_gpu_bytes"]["total"]
+    calibrated = calibration(str(cfg.plan.calibrate_from)) if cfg.plan.calibrate_from else None
+    stats = data_stats(cfg, resolve_out_dir(cfg))
+    timing = step_time(cfg, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=calibrated)
+    return {
+        "gpu": {"name": gpu.name if gpu else None, "memory_bytes": gpu.memory_bytes if gpu else None},
+        "world_size": world,
+        "per_gpu_bytes": mem["per_gpu_bytes"],
+        "host_bytes_per_node": mem["host_bytes_per_node"],
+        "fits": (total <= gpu.memory_bytes) if gpu else None,
+        "tokens_per_step": timing["tokens_per_step"],
+        "step_seconds": timing["step_seconds"],
+        "tokens_per_s": timing.get("tokens_per_s"),
+        "hours_to_max_steps": timing.get("hours_to_max_steps"),
+        "gpu_hours": timing.get("gpu_hours"),
+        "detail": {
+            **mem["detail"], "model": shape_source, "parameters": shape.total_params,
+            "nodes": int(cfg.cluster.nodes), "gpus_per_node": int(cfg.cluster.nproc_per_node),
+            "flops_per_step": timing["flops_per_step"], "mfu": timing.get("mfu"),
+            "compute_seconds": timing.get("compute_seconds"), "comm_seconds": timing.get("comm_seconds"),
+            "comm_bytes_per_gpu": timing.get("comm_bytes_per_gpu"), "time_basis": timing["basis"],
+            "data": stats.source, "calibration": calibrated,
+        },
+    }
+
+
+# Changes that lower the per-GPU peak, cheapest first (what each costs is said with it).
+REMEDIES = [
+    ("model.attn_implementation=flash_attention_2", {"model.attn_implementation": "flash_attention_2"}, "no cost"),
+    ("model.gradient_checkpointing=true", {"model.gradient_checkpointing": True}, "~1/3 more compute"),
+    ("deepspeed.offload_optimizer=cpu", {"deepspeed.offload_optimizer": "cpu"}, "needs host RAM, slower steps"),
+    ("deepspeed=zero3_offload", {"deepspeed.offload_optimizer": "cpu", "deepspeed.offload_param": "cpu"},
+     "parameters too: needs host RAM, 2-3x slower steps"),
+]
+
+
+def _with(cfg: DictConfig, changes: dict) -> DictConfig:
+    new = copy.deepcopy(cfg)
+    with open_dict(new):
+        for k, v in changes.items():
+            OmegaConf.update(new, k, v, merge=False)
+    return new
+
+
+def cheapest_changes(cfg: DictConfig, limit: int = 4) -> list[str]:
+    """Overrides that would make ``cfg`` fit, each with its predicted per-GPU total."""
+    gpu = plan_gpu(cfg)
+    out: list[str] = []
+
+    def fits(c: DictConfig) -> int | None:
+        world = int(c.cluster.nodes) * int(c.cluster.nproc_per_node)
+        shape, _ = model_shape(c)
+        total = memory(c, shape, build_deepspeed_config(c, world), gpu, world)["per_gpu_bytes"]["total"]
+        return total if total <= gpu.memory_bytes else None
+
+    for text, changes, cost in REMEDIES:
+        if all(OmegaConf.select(cfg, k) == v for k, v in changes.items()):
+            continue
+        total = fits(_with(cfg, changes))
+        if total:
+            out.append(f"{text}  ({total / GIB:.1f} GiB per GPU; {cost})")
+    seq = int(cfg.data.max_seq_len) // 2
+    while seq >= 1024:
+        total = fits(_with(cfg, {"data.max_seq_len": seq}))
+        if total:
+            out.append(f"data.max_seq_len={seq}  ({total / GIB:.1f} GiB per GPU; shorter rows, longer samples truncated)")
+            break
+        seq //= 2
+    nodes = int(cfg.cluster.nodes) * 2
+    while nodes <= 128:
+        total = fits(_with(cfg, {"cluster.nodes": nodes}))
+        if total:
+            out.append(f"cluster.nodes={nodes}  ({total / GIB:.1f} GiB per GPU; more GPUs, same GPU-hours or more)")
+            break
+        nodes *= 2
+    return out[:limit]
+
+
+def memory_problem(cfg: DictConfig) -> str | None:
+    """Pre-flight: why ``cfg`` cannot fit in the GPU's memory (breakdown and fixes), or None."""
+    from .report import breakdown_lines
+
+    if cfg.get("plan") is None or not bool(cfg.plan.check) or plan_gpu(cfg) is None:
+        return None
+    plan = make_plan(_with(cfg, {"plan.calibrate_from": None}))
+    if plan["fits"]:
+        return None
+    fixes = cheapest_changes(cfg)
+    lines = [f"predicted peak {plan['per_gpu_bytes']['total'] / GIB:.1f} GiB per GPU exceeds the "
+             f"{plan['gpu']['name']}'s {plan['gpu']['memory_bytes'] / GIB:.1f} GiB "
+             f"({plan['world_size']} GPUs; python -m llama3zh_dist.plan shows the whole plan):",
+             *("    " + line for line in breakdown_lines(plan))]
+    lines.append("  changes that would fit, cheapest first:" if fixes else
+                 "  no single change fits: combine gradient checkpointing, offload and more nodes")
+    lines += ["    " + f for f in fixes]
+    lines.append("  (plan.check=false skips this check)")
+    return "\n".join(lines)
