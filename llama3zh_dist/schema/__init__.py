@@ -23,6 +23,7 @@ from .data import DataConfig
 from .deepspeed import DeepSpeedConfig
 from .logger import LoggerConfig
 from .model import ModelConfig
+from .plan import PlanConfig
 from .run import ChatConfig, CheckpointConfig, ExportConfig, RunConfig
 from .trainer import TrainerConfig
 
@@ -32,7 +33,8 @@ GROUP_SCHEMAS = {
     "deepspeed": DeepSpeedConfig, "logger": LoggerConfig,
 }
 # Sections of conf/config.yaml itself.
-ROOT_SCHEMAS = {"run": RunConfig, "checkpoint": CheckpointConfig, "export": ExportConfig, "chat": ChatConfig}
+ROOT_SCHEMAS = {"run": RunConfig, "checkpoint": CheckpointConfig, "export": ExportConfig, "chat": ChatConfig,
+                "plan": PlanConfig}
 SCHEMAS = {**GROUP_SCHEMAS, **ROOT_SCHEMAS}
 
 

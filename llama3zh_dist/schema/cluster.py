@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from .base import one_of, require
 
@@ -27,6 +27,8 @@ class ClusterConfig:
     """How long non-zero nodes wait for node 0's data preparation."""
     env: Dict[str, Any] = field(default_factory=dict)
     """Extra environment for every rank (NCCL_* knobs, ...)."""
+    gpu: Optional[str] = None
+    """The GPU model to plan for where none is attached (H100-SXM, H200, A100-80GB, ...; null = the attached one)."""
 
     def __post_init__(self):
         require(self.nodes >= 1, "nodes", self.nodes, "a job runs on at least one node")
@@ -37,4 +39,9 @@ class ClusterConfig:
         require(self.backend == ("nccl" if self.device == "cuda" else "gloo"), "backend", self.backend,
                 f"cluster.device={self.device} needs cluster.backend={'nccl' if self.device == 'cuda' else 'gloo'}")
         require(0 <= self.master_port < 65536, "master_port", self.master_port, "a TCP port is in [0, 65535]")
+        if self.gpu is not None:
+            from ..gpus import by_name, known_names
+
+            require(by_name(self.gpu) is not None, "gpu", self.gpu,
+                    f"not in the GPU table (llama3zh_dist/gpus.py): use one of {known_names()}")
         require(self.timeout_minutes > 0, "timeout_minutes", self.timeout_minutes, "a collective needs time to finish")
