@@ -27,7 +27,8 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+import itertools
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +44,9 @@ from ..tokenizer import (
 )
 from .clean import DEFAULT_REFUSAL_PHRASES, near_duplicates
 from .packing import best_fit_decreasing, build_rows
-from .sources import FILTER_REASONS, SourceSpec, VALIDATION_REASONS, hub_fingerprint, iter_file_rows, iter_hub_rows, source_specs
+from .repair import DEFAULTS as REPAIR_DEFAULTS, REPAIRS
+from .sources import FILTER_REASONS, SourceSpec, VALIDATION_REASONS, hub_fingerprint, source_specs
+from .stream import raw_blocks
 
 PIPELINE_VERSION = "3"  # bump when the output of the same inputs/settings changes
 FORMAT_VERSION = 1
@@ -68,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "refusal": {"enabled": True, "phrases": DEFAULT_REFUSAL_PHRASES},
     },
     "ray": {"workers": None, "min_rows": 20000, "block_rows": 2000, "address": None},
+    "repair": REPAIR_DEFAULTS,
 }
 
 
@@ -105,6 +109,11 @@ def data_settings(cfg) -> dict:
     v = s["val_fraction"]
     if not isinstance(v, (int, float)) or not 0 <= v < 1:
         raise UserError(f"data.val_fraction={v!r} must be a number in [0, 1)")
+    for k in REPAIRS:
+        if not isinstance(s["repair"].get(k), bool):
+            raise UserError(f"data.repair.{k}={s['repair'].get(k)!r} must be true or false")
+    if not isinstance(s["repair"].get("banner_phrases") or [], list):
+        raise UserError("data.repair.banner_phrases must be a list of phrases")
     nd = s["clean"]["near_dedup"]
     if not 0 < float(nd["threshold"]) <= 1:
         raise UserError(f"data.clean.near_dedup.threshold={nd['threshold']!r} must be in (0, 1]")
@@ -152,45 +161,6 @@ def read_manifest(out_dir: Path) -> dict | None:
         return None
 
 
-# ---------------------------------------------------------------- reading
-def _raw_chunks(specs: list[SourceSpec], block_rows: int, progress: bool) -> tuple[list[pa.Table], dict]:
-    """Raw rows as Arrow tables of <= block_rows rows (source, file, line, raw)."""
-    schema = pa.schema([("source", pa.string()), ("file", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
-    chunks: list[pa.Table] = []
-    read: dict[str, int] = {}
-    files_of: dict[str, list[str]] = {}
-    for spec in specs:
-        n = 0
-        sources = [(0, spec.hub, iter_hub_rows(spec))] if spec.hub else [
-            (i, f, iter_file_rows(f)) for i, f in enumerate(spec.files)
-        ]
-        files_of[spec.name] = [spec.hub] if spec.hub else list(spec.files)
-        for file_idx, _name, rows in sources:
-            buf_line: list[int] = []
-            buf_raw: list[str] = []
-            for line, raw in rows:
-                buf_line.append(line)
-                buf_raw.append(raw)
-                if len(buf_line) >= block_rows:
-                    chunks.append(_chunk(schema, spec.name, file_idx, buf_line, buf_raw))
-                    n += len(buf_line)
-                    buf_line, buf_raw = [], []
-            if buf_line:
-                chunks.append(_chunk(schema, spec.name, file_idx, buf_line, buf_raw))
-                n += len(buf_line)
-        read[spec.name] = n
-        _log(f"read {n} rows from source {spec.name!r} ({spec.format}, {len(files_of[spec.name])} file(s))", progress)
-    return chunks, {"read": read, "files": files_of}
-
-
-def _chunk(schema, source, file_idx, lines, raws) -> pa.Table:
-    n = len(lines)
-    return pa.table(
-        {"source": [source] * n, "file": [file_idx] * n, "line": lines, "raw": raws},
-        schema=schema,
-    )
-
-
 # ---------------------------------------------------------------- per-row processing
 _TIMINGS: dict[str, float] = {}
 
@@ -207,13 +177,28 @@ def proc_workers(settings: dict, total: int) -> int:
     return workers
 
 
-def _run_rows(chunks: list[pa.Table], settings: dict, proc_settings: dict, progress: bool) -> pa.Table:
+def _run_rows(blocks: Iterator[pa.Table], settings: dict, proc_settings: dict, progress: bool) -> pa.Table:
+    """Process every raw block; in-process (``data.ray.workers=0`` or fewer than ``data.ray.min_rows``
+    rows) the blocks stream from the readers, one at a time; with Ray they are collected first."""
     from .process import OUTPUT_SCHEMA, process_batch
 
-    total = sum(c.num_rows for c in chunks)
     ray_cfg = settings["ray"]
-    workers = proc_workers(settings, total)
+    wanted = proc_workers(settings, 1 << 62)
+    chunks: list[pa.Table] = []
+    total = 0
+    if wanted > 0:  # Ray only pays off above min_rows: look ahead that far
+        for c in blocks:
+            chunks.append(c)
+            total += c.num_rows
+            if total >= int(ray_cfg.get("min_rows") or 0):
+                break
+    workers = proc_workers(settings, total) if wanted > 0 else 0
     use_ray = workers > 0
+    if use_ray:
+        chunks += list(blocks)
+        total = sum(c.num_rows for c in chunks)
+    else:
+        blocks = itertools.chain(chunks, blocks)
     _TIMINGS.clear()
     t0 = time.time()
     outs: list[pa.Table] = []
@@ -224,14 +209,14 @@ def _run_rows(chunks: list[pa.Table], settings: dict, proc_settings: dict, progr
         nonlocal done, last
         done += n
         now = time.time()
-        if progress and (now - last > 5 or done == total):
+        if progress and use_ray and (now - last > 5 or done == total):
             last = now
             rate = done / max(now - t0, 1e-9)
-            _log(f"processed {done}/{total} rows ({rate:,.0f} rows/s)")
+            _log(f"processed {done}/{total} rows ({rate:,.0f} rows/s, ETA {(total - done) / max(rate, 1e-9):.0f}s)")
 
     if not use_ray:
-        _log(f"processing {total} rows in-process", progress)
-        for c in chunks:
+        _log("processing rows in-process as they are read", progress)
+        for c in blocks:
             outs.append(process_batch(c, proc_settings))
             tick(c.num_rows)
     else:
@@ -337,8 +322,8 @@ def prepare_dataset(cfg) -> Path:
         _log(f"inputs or settings changed since {out_dir} was prepared: rebuilding", progress)
 
     t_start = time.time()
-    chunks, meta = _raw_chunks(specs, int(settings["ray"].get("block_rows") or 2000), progress)
-    read = meta["read"]
+    meta: dict = {}
+    blocks = raw_blocks(specs, int(settings["ray"].get("block_rows") or 2000), progress, meta)
     proc_settings = {
         "key": fp,
         "specs": {s.name: {**s.__dict__} for s in specs},
@@ -350,12 +335,25 @@ def prepare_dataset(cfg) -> Path:
         "train_on": settings["train_on"],
         "raw_max_chars": int(settings["rejects_raw_max_chars"]),
         "assistant_header_len": len(encoder.header_ids("assistant")),
+        "repair": settings["repair"],
     }
     t_read = time.time()
-    rows = _run_rows(chunks, settings, proc_settings, progress)
-    del chunks
+    rows = _run_rows(blocks, settings, proc_settings, progress)
+    read = meta["read"]
     t_proc = time.time()
     result = _assemble(rows, specs, settings, seed, read, meta["files"], progress)
+    repaired, repair_counts = _repairs(rows, result["kept_rows"])
+    for name, src in result["report"]["sources"].items():
+        src["repairs"] = repair_counts.get(name, {})
+        src["read_errors"] = meta["read_errors"].get(name, [])
+    total_repairs: Counter = Counter()
+    for c in repair_counts.values():
+        total_repairs.update(c)
+    result["report"]["repairs"] = {
+        "rows": dict(sorted(total_repairs.items())),
+        "enabled": {k: bool(settings["repair"][k]) for k in REPAIRS},
+        "file": str(out_dir / "repairs.jsonl"),
+    }
     t_asm = time.time()
 
     # ------------------------------------------------------------ write (temp folder, rename last)
@@ -364,6 +362,7 @@ def prepare_dataset(cfg) -> Path:
     tmp.mkdir()
     try:
         _write_rejects(tmp / "rejects.jsonl", result["rejects"], meta["files"])
+        _write_repairs(tmp / "repairs.jsonl", repaired, meta["files"])
         report = result["report"]
         report.update(
             name=str(settings.get("name", "")),
@@ -372,7 +371,7 @@ def prepare_dataset(cfg) -> Path:
             rejects_file=str(out_dir / "rejects.jsonl"),
             seconds=round(time.time() - t_start, 2),
             timings={
-                "read_s": round(t_read - t_start, 3),
+                "read_s": round(t_read - t_start, 3),  # set-up; reading streams into process_s
                 "process_s": round(t_proc - t_read, 3),  # the parallel (Ray Data) stage, Ray start-up included
                 "ray_start_s": _TIMINGS.get("ray_start_s", 0.0),
                 "assemble_s": round(t_asm - t_proc, 3),  # dedup, mixture, packing
@@ -676,7 +675,34 @@ def _assemble(rows: pa.Table, specs, settings, seed, read, files_of, progress) -
     for r in rej_rows:
         r["raw"] = raw_col[r.pop("raw_index")].as_py()
     rej_rows.sort(key=lambda r: (src_order[r["source"]], r["file"], r["line"]))
-    return {"train": train, "val": val, "rejects": rej_rows, "report": report}
+    return {"train": train, "val": val, "rejects": rej_rows, "report": report, "kept_rows": kept_all}
+
+
+def _repairs(rows: pa.Table, kept_rows: np.ndarray) -> tuple[list[dict], dict[str, dict]]:
+    """Per-row records of the repairs made, and per source: repair -> rows it changed (all rows
+    read, whether kept or rejected later; each record says which)."""
+    col = rows.column("repairs")
+    idx = np.flatnonzero(col.is_valid().to_numpy(zero_copy_only=False))
+    if len(idx) == 0:
+        return [], {}
+    kept = set(kept_rows.tolist())
+    take = pa.array(idx, pa.int64())
+    sub = rows.select(["source", "file", "line", "id", "status", "repairs"]).take(take).to_pylist()
+    records, counts = [], defaultdict(Counter)
+    for i, r in zip(idx.tolist(), sub):
+        fixes = json.loads(r["repairs"])
+        counts[r["source"]].update({k: 1 for k in fixes})
+        records.append({"source": r["source"], "file": r["file"], "line": r["line"], "id": r["id"], "repairs": fixes,
+                        "kept": i in kept})
+    return records, {k: dict(sorted(v.items())) for k, v in counts.items()}
+
+
+def _write_repairs(path: Path, records: list[dict], files_of: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            files = files_of.get(r["source"], [])
+            rec = dict(r, file=files[r["file"]] if r["file"] < len(files) else None)
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 def _empty_rows() -> pa.Table:
@@ -740,6 +766,12 @@ def format_report(report: dict) -> str:
         )
         for r, c in s["by_reason"].items():
             lines.append(f"      - {r}: {c:,}")
+    rep = report.get("repairs", {}).get("rows", {})
+    if rep:
+        lines.append("  repaired rows: " + ", ".join(f"{k} {v:,}" for k, v in rep.items()))
+    for name, s in report["sources"].items():
+        for err in s.get("read_errors", []):
+            lines.append(f"  {name}: {err}")
     c = report["cleaning"]
     lines.append(
         "  cleaning: whitespace {whitespace_changed}, t2s {traditional_to_simplified_changed}, identity "

@@ -70,7 +70,9 @@ def test_column_mapping_with_prompt_template_builds_the_user_turn():
         ("alpaca", {"instruction": ["x"], "output": "y"}, "wrong_type"),
         ("zhihu", {"INSTRUCTION": "q", "RESPONSE": None}, "missing_field"),
         ("firefly", {"conversation": [{"human": "q", "bot": "a"}]}, "unknown_role"),
-        ("messages", {"messages": [{"role": "tool", "content": "x"}]}, "unknown_role"),
+        ("messages", {"messages": [{"role": "tool", "content": "x"}]}, "tool_call_role"),
+            ("messages", {"messages": [{"role": "robot", "content": "x"}]}, "unknown_role"),
+            ("messages", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "non_text_content"),
     ],
 )
 def test_malformed_rows_get_a_reason(fmt, row, reason):
