@@ -225,13 +225,18 @@ def to_messages(obj: Any, spec: SourceSpec, repair: dict | None = None, counts=N
     msgs = _CONVERTERS[spec.format](obj, spec, ctx)
     if spec.system_prompt and not (msgs and msgs[0]["role"] == "system"):
         msgs.insert(0, {"role": "system", "content": spec.system_prompt})
-    raw_id = None
+    return msgs, row_id(obj, spec)
+
+
+def row_id(obj: Any, spec: "SourceSpec") -> str | None:
+    """The row's own id (``spec.id_field`` or a usual id field), None if it has none."""
+    if not isinstance(obj, dict):
+        return None
     for k in [spec.id_field] if spec.id_field else _DEFAULT_ID_FIELDS:
         v = obj.get(k) if k else None
         if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip():
-            raw_id = str(v).strip()
-            break
-    return msgs, raw_id
+            return str(v).strip()
+    return None
 
 
 def validate_messages(msgs: list[dict]) -> None:

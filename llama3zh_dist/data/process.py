@@ -28,6 +28,7 @@ from .clean import (
     to_simplified,
 )
 from .repair import repair_messages
+from .formats import row_id
 from .sources import Reject, SourceSpec, to_messages, validate_messages
 from .template import IGNORE_INDEX
 
@@ -109,8 +110,8 @@ def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict,
             obj = json.loads(raw)
         except (json.JSONDecodeError, ValueError) as e:
             raise Reject("bad_json", str(e)[:200]) from None
-        msgs, raw_id = to_messages(obj, spec, settings["repair"], repairs)
-        out["id"] = _row_id(source, raw_id, file_idx, line, multi)
+        out["id"] = _row_id(source, row_id(obj, spec), file_idx, line, multi)  # rejects carry the row's own id too
+        msgs, _ = to_messages(obj, spec, settings["repair"], repairs)
         # cleaning (per row); every turn is stripped regardless (canonical form, see tokenizer.py)
         ws = t2s = ident = False
         for m in msgs:

@@ -199,7 +199,7 @@ def test_labels_cover_exactly_assistant_content_and_eot(conversations):
                 if m["role"] == "assistant":
                     k += 1
                     if train_on == "all_assistant" or k == n_asst:
-                        expected += enc.encode_text(m["content"]) + [EOT_ID]
+                        expected += enc.encode_text(m["content"].strip()) + [EOT_ID]
             assert [t for t in labels if t != IGNORE_INDEX] == expected
             # supervised labels equal the input ids at the same positions (shifted by the loss, not here)
             assert all(l == i for l, i in zip(labels, ids) if l != IGNORE_INDEX)
