@@ -25,6 +25,7 @@ CHUNK_BYTES = 1 << 20
 # the rest of the file looking for its end)
 MAX_RECORD_BYTES = 256 << 20
 _WS = re.compile(r"[ \t\n\r]*")
+_STRUCTURAL = re.compile(r'[,:\[\]{}"]')
 _DECODER = json.JSONDecoder()
 
 Record = tuple  # (line: int, raw: str, error: str | None)
@@ -49,10 +50,11 @@ def iter_records(path: str, progress: Progress | None = None) -> Iterator[Record
             if head.startswith(b"["):
                 yield from _iter_json_array(f, path, progress)
                 return
-            if not _looks_like_json_lines(f):
-                yield from _iter_json_document(f, path)
-                return
+            lines = _looks_like_json_lines(f)
             f.seek(0)
+            if not lines:
+                yield from _iter_json_document(f, path, progress)
+                return
         yield from _iter_json_lines(f, progress)
 
 
@@ -98,9 +100,11 @@ def _looks_like_json_lines(f: BinaryIO) -> bool:
     return False
 
 
-def _iter_json_document(f: BinaryIO, path: str) -> Iterator[Record]:
-    """One JSON value (an object, possibly wrapping the list of rows: ``{"data": [...]}``), read whole."""
+def _iter_json_document(f: BinaryIO, path: str, progress: Progress) -> Iterator[Record]:
+    """One JSON value (an object, possibly wrapping the list of rows: ``{"data": [...]}``), read whole
+    (such files are small in practice; the big dumps are arrays or JSON lines)."""
     data = f.read()
+    progress.bytes = len(data)
     text = data.decode("utf-8", errors="replace")
     try:
         obj = json.loads(text)
@@ -193,7 +197,8 @@ def _iter_json_array(f: BinaryIO, path: str, progress: Progress) -> Iterator[Rec
             if not buf.eof and len(buf.text) - pos < MAX_RECORD_BYTES:
                 pos = buf.more(pos, max(CHUNK_BYTES, len(buf.text) - pos))  # grow geometrically
                 continue
-            cut = buf.eof and (e.pos >= len(buf.text.rstrip()) or e.msg.startswith("Unterminated string"))
+            # truncated: the parser failed in the last token of the file (nothing structural follows)
+            cut = buf.eof and (e.msg.startswith("Unterminated string") or not _STRUCTURAL.search(buf.text, e.pos))
             msg = f"{e.msg} (at byte {buf.offset(e.pos):,})"
             yield n + 1, buf.text[pos : pos + 8192], _damage(path, buf.offset(pos), n, msg, cut)
             return
