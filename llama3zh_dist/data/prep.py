@@ -130,6 +130,23 @@ def _cfg_get(cfg, dotted: str, default=None):
     return default if v is None else v
 
 
+def process_settings(specs: list[SourceSpec], settings: dict, encoder, key: str) -> dict:
+    """What the per-row stage (:func:`llama3zh_dist.data.process.process_batch`) needs, picklable for Ray."""
+    return {
+        "key": key,
+        "specs": {s.name: {**s.__dict__} for s in specs},
+        "multi_file": {s.name: len(s.files) > 1 for s in specs},
+        "clean": settings["clean"],
+        "encoder": encoder,
+        "max_seq_len": int(settings["max_seq_len"]),
+        "overlong": settings["overlong"],
+        "train_on": settings["train_on"],
+        "raw_max_chars": int(settings["rejects_raw_max_chars"]),
+        "assistant_header_len": len(encoder.header_ids("assistant")),
+        "repair": settings["repair"],
+    }
+
+
 def resolve_out_dir(cfg) -> Path:
     return Path(os.path.expanduser(str(cfg.data.out_dir))).absolute()
 
@@ -324,19 +341,7 @@ def prepare_dataset(cfg) -> Path:
     t_start = time.time()
     meta: dict = {}
     blocks = raw_blocks(specs, int(settings["ray"].get("block_rows") or 2000), progress, meta)
-    proc_settings = {
-        "key": fp,
-        "specs": {s.name: {**s.__dict__} for s in specs},
-        "multi_file": {s.name: len(s.files) > 1 for s in specs},
-        "clean": settings["clean"],
-        "encoder": encoder,
-        "max_seq_len": int(settings["max_seq_len"]),
-        "overlong": settings["overlong"],
-        "train_on": settings["train_on"],
-        "raw_max_chars": int(settings["rejects_raw_max_chars"]),
-        "assistant_header_len": len(encoder.header_ids("assistant")),
-        "repair": settings["repair"],
-    }
+    proc_settings = process_settings(specs, settings, encoder, fp)
     t_read = time.time()
     rows = _run_rows(blocks, settings, proc_settings, progress)
     read = meta["read"]
