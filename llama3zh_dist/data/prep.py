@@ -3,14 +3,23 @@
 ``prepare_dataset(cfg)`` is the whole pipeline (``python -m llama3zh_dist.prep`` and the prep step of
 training call it, before any process group exists):
 
-1. read every row of every source (driver; JSONL lines stay raw text so a bad line is a reject);
-2. per row, in parallel with Ray Data (in-process below ``data.ray.min_rows`` rows): parse, map the
-   format, clean (whitespace, Traditional->Simplified, identity), validate, refusal filter, tokenise
-   with the Llama 3 template and mask labels, handle over-long samples, compute dedup keys;
+1. read every row of every source as a stream of blocks (:mod:`.stream`, :mod:`.readers`: JSONL lines
+   and JSON array records stay raw text so a bad one is a reject; a truncated file keeps its
+   complete records and the rest is one reject);
+2. per row, in parallel with Ray Data (in-process below ``data.ray.min_rows`` rows or with
+   ``data.ray.workers=0``, block by block as read): parse, map the format, clean (whitespace,
+   Traditional->Simplified, identity), repair (:mod:`.repair`, ``data.repair.*``), validate, refusal
+   filter, tokenise with the Llama 3 template and mask labels, handle over-long samples, compute
+   dedup keys;
 3. driver: exact and near (MinHash LSH) de-duplication, per-source validation split, mixture
    weights (deterministic from ``trainer.seed``), best-fit-decreasing packing, Parquet shards;
-4. write ``rejects.jsonl``, ``data_report.json``, ``val/`` and, last, ``manifest.json`` into a temp
+4. write ``rejects.jsonl``, ``repairs.jsonl``, ``data_report.json``, ``val/`` and, last, ``manifest.json`` into a temp
    folder that is renamed into place.
+
+Memory: steps 1-2 in-process hold the reader's buffer (~1 MiB plus the record being read) and one
+block (``data.ray.block_rows`` rows) at a time, whatever the input size; steps 2-3 keep, per row read,
+its tokens (kept rows) or its raw text (rejected rows, up to ``data.rejects_raw_max_chars``) until
+the output is written, so prep's peak memory follows the kept tokens (bench/bench_prep_memory.py).
 
 The fingerprint (input bytes, tokenizer, template, settings, seed, pipeline version) makes a rerun
 with nothing changed a cache hit.
@@ -48,7 +57,7 @@ from .repair import DEFAULTS as REPAIR_DEFAULTS, REPAIRS
 from .sources import FILTER_REASONS, SourceSpec, VALIDATION_REASONS, hub_fingerprint, source_specs
 from .stream import raw_blocks
 
-PIPELINE_VERSION = "3"  # bump when the output of the same inputs/settings changes
+PIPELINE_VERSION = "4"  # bump when the output of the same inputs/settings changes
 FORMAT_VERSION = 1
 HIST_EDGES = [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 

@@ -202,3 +202,10 @@ def test_each_repair_is_a_switch(dump, tmp_path):
     assert kept == clean
     reasons = Counter(json.loads(x)["reason"] for x in (out / "rejects.jsonl").read_text().splitlines())
     assert {"wrong_role_order", "empty_turn", "unknown_role"} <= set(reasons)
+
+
+def test_a_repair_switch_that_is_not_a_boolean_is_a_user_error(dump, tmp_path):
+    from llama3zh_dist.errors import UserError
+
+    with pytest.raises(UserError, match=r"data.repair.merge_consecutive='yes' must be true or false"):
+        prepare_dataset(_cfg(tmp_path, dump["sources"], **{"repair.merge_consecutive": "yes"}))
