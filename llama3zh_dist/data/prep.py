@@ -242,7 +242,7 @@ def _run_rows(blocks: Iterator[pa.Table], settings: dict, proc_settings: dict, p
             _log(f"processed {done}/{total} rows ({rate:,.0f} rows/s, ETA {(total - done) / max(rate, 1e-9):.0f}s)")
 
     if not use_ray:
-        _log("processing rows in-process as they are read", progress)
+        _log("processing rows in-process" + (f" ({total} rows)" if chunks else " as they are read"), progress)
         for c in blocks:
             outs.append(process_batch(c, proc_settings))
             tick(c.num_rows)
