@@ -1,6 +1,7 @@
 """Peak memory of prep against input size: JSON array and JSONL, two sizes each, side by side.
 
-    .venv/bin/python bench/bench_prep_memory.py [--small-mb 100] [--large-mb 1024] [--prep-mb 20 80]
+    .venv/bin/python bench/bench_prep_memory.py [--small-mb 100] [--large-mb 1024] [--stream-mb 10 100]
+                                                [--prep-mb 20 80] [--stages read stream prep]
 
 Corpus: ShareGPT-layout conversations of synthetic Chinese chat (bench_prep.make_corpus's text
 generator), the same rows written as one JSON array (indented, as ShareGPT_V3 dumps are) and as
@@ -139,6 +140,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small-mb", type=int, default=100)
     ap.add_argument("--large-mb", type=int, default=1024)
+    ap.add_argument("--stream-mb", type=int, nargs="*", default=None,
+                    help="sizes for the stream stage (default: --small-mb and --large-mb; at ~300-2,500 rows/s "
+                         "per core a 1 GB file takes 10-30 minutes per format)")
     ap.add_argument("--prep-mb", type=int, nargs="*", default=[20, 80])
     ap.add_argument("--stages", nargs="*", default=["read", "stream", "prep"])
     ap.add_argument("--tmp", default=None, help="folder for the generated files (default: a temp folder)")
@@ -150,13 +154,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         figs = []
-        sizes = sorted({args.small_mb, args.large_mb}) if {"read", "stream"} & set(args.stages) else []
-        for mb in sizes:
+        read_sizes = {args.small_mb, args.large_mb} if "read" in args.stages else set()
+        stream_sizes = set(args.stream_mb if args.stream_mb is not None else [args.small_mb, args.large_mb])
+        stream_sizes = stream_sizes if "stream" in args.stages else set()
+        for mb in sorted(read_sizes | stream_sizes):
             t = time.perf_counter()
             c = write_corpus(tmp, mb)
             print(f"corpus {mb} MB: {c['rows']:,} conversations ({time.perf_counter() - t:.0f}s to write)", flush=True)
-            for stage in ("read", "stream"):
-                if stage in args.stages:
+            for stage, sizes in (("read", read_sizes), ("stream", stream_sizes)):
+                if mb in sizes:
                     figs += [measure(stage, c["json"], tmp), measure(stage, c["jsonl"], tmp)]
             for p in (c["json"], c["jsonl"]):
                 os.remove(p)
