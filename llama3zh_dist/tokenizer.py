@@ -21,12 +21,11 @@ through our encoder: same ids as :func:`llama3zh_dist.data.template.encode_dialo
 custom code; there, look-alikes need ``sanitize_control_tokens=True`` and can differ from Meta as
 above, which is why the chat CLI encodes prompts with our encoder, not with HF.
 
-One more property of string rendering: HF tokenises ``"<|end_header_id|>\\n\\n" + content`` as one
-piece of text, while Meta's reference encodes the header's ``"\\n\\n"`` and the content separately.
-The two differ only when a message's content *starts with* whitespace that contains a line break
-(the pre-tokenizer then merges it with the header's ``"\\n\\n"``). The data pipeline strips every
-turn, so training data never contains such content, and our encoder (used by chat for prompts)
-follows Meta exactly in all cases.
+Every message's content is stripped of leading and trailing whitespace first, by our encoder and
+by the template (``| trim``), as Meta's llama3 reference and HF's Llama 3 Instruct template do. So
+stock HF string rendering also never puts whitespace next to the header's ``"\\n\\n"`` (which the
+pre-tokenizer would merge with it): the export's ``apply_chat_template`` gives the training tokens for
+any content, edge whitespace included.
 """
 
 from __future__ import annotations
@@ -88,8 +87,10 @@ PAT_STR = (
 
 # ---------------------------------------------------------------- chat template
 # Renders exactly what llama3zh_dist.data.template encodes (and Meta's encode_dialog_prompt, minus
-# the trailing assistant header unless add_generation_prompt). Content is NOT trimmed: the pipeline
-# strips turns before training, and trimming here would differ from Meta's reference.
+# the trailing assistant header unless add_generation_prompt). Content is trimmed (Jinja's ``trim`` is
+# Python's ``str.strip()``), as Meta's llama3 reference and HF's Llama 3 Instruct template do and as
+# training does: whatever whitespace a serving stack sends around a turn, the model sees the tokens
+# it was trained on.
 # The {% generation %} block marks assistant content + <|eot_id|>: HF's
 # return_assistant_tokens_mask=True then equals the training loss mask.
 CHAT_TEMPLATE = (
@@ -97,14 +98,14 @@ CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}"
-    "{%- generation -%}{{- message['content'] + '<|eot_id|>' -}}{%- endgeneration -%}"
+    "{%- generation -%}{{- message['content'] | trim + '<|eot_id|>' -}}{%- endgeneration -%}"
     "{%- else -%}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' -}}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}"
 )
-TEMPLATE_VERSION = "llama3-instruct-v1"
+TEMPLATE_VERSION = "llama3-instruct-v2"  # v2: content trimmed in the template and the encoder
 
 CACHE_DIR = Path(os.environ.get("LLAMA3ZH_CACHE", Path.home() / ".cache" / "llama3zh_dist"))
 

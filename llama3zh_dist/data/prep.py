@@ -3,14 +3,23 @@
 ``prepare_dataset(cfg)`` is the whole pipeline (``python -m llama3zh_dist.prep`` and the prep step of
 training call it, before any process group exists):
 
-1. read every row of every source (driver; JSONL lines stay raw text so a bad line is a reject);
-2. per row, in parallel with Ray Data (in-process below ``data.ray.min_rows`` rows): parse, map the
-   format, clean (whitespace, Traditional->Simplified, identity), validate, refusal filter, tokenise
-   with the Llama 3 template and mask labels, handle over-long samples, compute dedup keys;
+1. read every row of every source as a stream of blocks (:mod:`.stream`, :mod:`.readers`: JSONL lines
+   and JSON array records stay raw text so a bad one is a reject; a truncated file keeps its
+   complete records and the rest is one reject);
+2. per row, in parallel with Ray Data (in-process below ``data.ray.min_rows`` rows or with
+   ``data.ray.workers=0``, block by block as read): parse, map the format, clean (whitespace,
+   Traditional->Simplified, identity), repair (:mod:`.repair`, ``data.repair.*``), validate, refusal
+   filter, tokenise with the Llama 3 template and mask labels, handle over-long samples, compute
+   dedup keys;
 3. driver: exact and near (MinHash LSH) de-duplication, per-source validation split, mixture
    weights (deterministic from ``trainer.seed``), best-fit-decreasing packing, Parquet shards;
-4. write ``rejects.jsonl``, ``data_report.json``, ``val/`` and, last, ``manifest.json`` into a temp
+4. write ``rejects.jsonl``, ``repairs.jsonl``, ``data_report.json``, ``val/`` and, last, ``manifest.json`` into a temp
    folder that is renamed into place.
+
+Memory: steps 1-2 in-process hold the reader's buffer (~1 MiB plus the record being read) and one
+block (``data.ray.block_rows`` rows) at a time, whatever the input size; steps 2-3 keep, per row read,
+its tokens (kept rows) or its raw text (rejected rows, up to ``data.rejects_raw_max_chars``) until
+the output is written, so prep's peak memory follows the kept tokens (bench/bench_prep_memory.py).
 
 The fingerprint (input bytes, tokenizer, template, settings, seed, pipeline version) makes a rerun
 with nothing changed a cache hit.
@@ -27,7 +36,8 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+import itertools
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -43,9 +53,12 @@ from ..tokenizer import (
 )
 from .clean import DEFAULT_REFUSAL_PHRASES, near_duplicates
 from .packing import best_fit_decreasing, build_rows
-from .sources import FILTER_REASONS, SourceSpec, VALIDATION_REASONS, hub_fingerprint, iter_file_rows, iter_hub_rows, source_specs
+from .repair import DEFAULTS as REPAIR_DEFAULTS, REPAIRS
+from .sources import FILTER_REASONS, SourceSpec, VALIDATION_REASONS, hub_fingerprint, source_specs
+from .report import format_report, repair_records, write_rejects, write_repairs  # noqa: F401  (format_report: the CLI's)
+from .stream import raw_blocks
 
-PIPELINE_VERSION = "3"  # bump when the output of the same inputs/settings changes
+PIPELINE_VERSION = "4"  # bump when the output of the same inputs/settings changes
 FORMAT_VERSION = 1
 HIST_EDGES = [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 
@@ -68,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "refusal": {"enabled": True, "phrases": DEFAULT_REFUSAL_PHRASES},
     },
     "ray": {"workers": None, "min_rows": 20000, "block_rows": 2000, "address": None},
+    "repair": REPAIR_DEFAULTS,
 }
 
 
@@ -105,6 +119,11 @@ def data_settings(cfg) -> dict:
     v = s["val_fraction"]
     if not isinstance(v, (int, float)) or not 0 <= v < 1:
         raise UserError(f"data.val_fraction={v!r} must be a number in [0, 1)")
+    for k in REPAIRS:
+        if not isinstance(s["repair"].get(k), bool):
+            raise UserError(f"data.repair.{k}={s['repair'].get(k)!r} must be true or false")
+    if not isinstance(s["repair"].get("banner_phrases") or [], list):
+        raise UserError("data.repair.banner_phrases must be a list of phrases")
     nd = s["clean"]["near_dedup"]
     if not 0 < float(nd["threshold"]) <= 1:
         raise UserError(f"data.clean.near_dedup.threshold={nd['threshold']!r} must be in (0, 1]")
@@ -119,6 +138,23 @@ def _cfg_get(cfg, dotted: str, default=None):
     except Exception:
         return default
     return default if v is None else v
+
+
+def process_settings(specs: list[SourceSpec], settings: dict, encoder, key: str) -> dict:
+    """What the per-row stage (:func:`llama3zh_dist.data.process.process_batch`) needs, picklable for Ray."""
+    return {
+        "key": key,
+        "specs": {s.name: {**s.__dict__} for s in specs},
+        "multi_file": {s.name: len(s.files) > 1 for s in specs},
+        "clean": settings["clean"],
+        "encoder": encoder,
+        "max_seq_len": int(settings["max_seq_len"]),
+        "overlong": settings["overlong"],
+        "train_on": settings["train_on"],
+        "raw_max_chars": int(settings["rejects_raw_max_chars"]),
+        "assistant_header_len": len(encoder.header_ids("assistant")),
+        "repair": settings["repair"],
+    }
 
 
 def resolve_out_dir(cfg) -> Path:
@@ -152,45 +188,6 @@ def read_manifest(out_dir: Path) -> dict | None:
         return None
 
 
-# ---------------------------------------------------------------- reading
-def _raw_chunks(specs: list[SourceSpec], block_rows: int, progress: bool) -> tuple[list[pa.Table], dict]:
-    """Raw rows as Arrow tables of <= block_rows rows (source, file, line, raw)."""
-    schema = pa.schema([("source", pa.string()), ("file", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
-    chunks: list[pa.Table] = []
-    read: dict[str, int] = {}
-    files_of: dict[str, list[str]] = {}
-    for spec in specs:
-        n = 0
-        sources = [(0, spec.hub, iter_hub_rows(spec))] if spec.hub else [
-            (i, f, iter_file_rows(f)) for i, f in enumerate(spec.files)
-        ]
-        files_of[spec.name] = [spec.hub] if spec.hub else list(spec.files)
-        for file_idx, _name, rows in sources:
-            buf_line: list[int] = []
-            buf_raw: list[str] = []
-            for line, raw in rows:
-                buf_line.append(line)
-                buf_raw.append(raw)
-                if len(buf_line) >= block_rows:
-                    chunks.append(_chunk(schema, spec.name, file_idx, buf_line, buf_raw))
-                    n += len(buf_line)
-                    buf_line, buf_raw = [], []
-            if buf_line:
-                chunks.append(_chunk(schema, spec.name, file_idx, buf_line, buf_raw))
-                n += len(buf_line)
-        read[spec.name] = n
-        _log(f"read {n} rows from source {spec.name!r} ({spec.format}, {len(files_of[spec.name])} file(s))", progress)
-    return chunks, {"read": read, "files": files_of}
-
-
-def _chunk(schema, source, file_idx, lines, raws) -> pa.Table:
-    n = len(lines)
-    return pa.table(
-        {"source": [source] * n, "file": [file_idx] * n, "line": lines, "raw": raws},
-        schema=schema,
-    )
-
-
 # ---------------------------------------------------------------- per-row processing
 _TIMINGS: dict[str, float] = {}
 
@@ -207,13 +204,28 @@ def proc_workers(settings: dict, total: int) -> int:
     return workers
 
 
-def _run_rows(chunks: list[pa.Table], settings: dict, proc_settings: dict, progress: bool) -> pa.Table:
+def _run_rows(blocks: Iterator[pa.Table], settings: dict, proc_settings: dict, progress: bool) -> pa.Table:
+    """Process every raw block; in-process (``data.ray.workers=0`` or fewer than ``data.ray.min_rows``
+    rows) the blocks stream from the readers, one at a time; with Ray they are collected first."""
     from .process import OUTPUT_SCHEMA, process_batch
 
-    total = sum(c.num_rows for c in chunks)
     ray_cfg = settings["ray"]
-    workers = proc_workers(settings, total)
+    wanted = proc_workers(settings, 1 << 62)
+    chunks: list[pa.Table] = []
+    total = 0
+    if wanted > 0:  # Ray only pays off above min_rows: look ahead that far
+        for c in blocks:
+            chunks.append(c)
+            total += c.num_rows
+            if total >= int(ray_cfg.get("min_rows") or 0):
+                break
+    workers = proc_workers(settings, total) if wanted > 0 else 0
     use_ray = workers > 0
+    if use_ray:
+        chunks += list(blocks)
+        total = sum(c.num_rows for c in chunks)
+    else:
+        blocks = itertools.chain(chunks, blocks)
     _TIMINGS.clear()
     t0 = time.time()
     outs: list[pa.Table] = []
@@ -224,14 +236,14 @@ def _run_rows(chunks: list[pa.Table], settings: dict, proc_settings: dict, progr
         nonlocal done, last
         done += n
         now = time.time()
-        if progress and (now - last > 5 or done == total):
+        if progress and use_ray and (now - last > 5 or done == total):
             last = now
             rate = done / max(now - t0, 1e-9)
-            _log(f"processed {done}/{total} rows ({rate:,.0f} rows/s)")
+            _log(f"processed {done}/{total} rows ({rate:,.0f} rows/s, ETA {(total - done) / max(rate, 1e-9):.0f}s)")
 
     if not use_ray:
-        _log(f"processing {total} rows in-process", progress)
-        for c in chunks:
+        _log("processing rows in-process" + (f" ({total} rows)" if chunks else " as they are read"), progress)
+        for c in blocks:
             outs.append(process_batch(c, proc_settings))
             tick(c.num_rows)
     else:
@@ -337,25 +349,26 @@ def prepare_dataset(cfg) -> Path:
         _log(f"inputs or settings changed since {out_dir} was prepared: rebuilding", progress)
 
     t_start = time.time()
-    chunks, meta = _raw_chunks(specs, int(settings["ray"].get("block_rows") or 2000), progress)
-    read = meta["read"]
-    proc_settings = {
-        "key": fp,
-        "specs": {s.name: {**s.__dict__} for s in specs},
-        "multi_file": {s.name: len(s.files) > 1 for s in specs},
-        "clean": settings["clean"],
-        "encoder": encoder,
-        "max_seq_len": int(settings["max_seq_len"]),
-        "overlong": settings["overlong"],
-        "train_on": settings["train_on"],
-        "raw_max_chars": int(settings["rejects_raw_max_chars"]),
-        "assistant_header_len": len(encoder.header_ids("assistant")),
-    }
+    meta: dict = {}
+    blocks = raw_blocks(specs, int(settings["ray"].get("block_rows") or 2000), progress, meta)
+    proc_settings = process_settings(specs, settings, encoder, fp)
     t_read = time.time()
-    rows = _run_rows(chunks, settings, proc_settings, progress)
-    del chunks
+    rows = _run_rows(blocks, settings, proc_settings, progress)
+    read = meta["read"]
     t_proc = time.time()
     result = _assemble(rows, specs, settings, seed, read, meta["files"], progress)
+    repaired, repair_counts = repair_records(rows, result["kept_rows"])
+    for name, src in result["report"]["sources"].items():
+        src["repairs"] = repair_counts.get(name, {})
+        src["read_errors"] = meta["read_errors"].get(name, [])
+    total_repairs: Counter = Counter()
+    for c in repair_counts.values():
+        total_repairs.update(c)
+    result["report"]["repairs"] = {
+        "rows": dict(sorted(total_repairs.items())),
+        "enabled": {k: bool(settings["repair"][k]) for k in REPAIRS},
+        "file": str(out_dir / "repairs.jsonl"),
+    }
     t_asm = time.time()
 
     # ------------------------------------------------------------ write (temp folder, rename last)
@@ -363,7 +376,8 @@ def prepare_dataset(cfg) -> Path:
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write_rejects(tmp / "rejects.jsonl", result["rejects"], meta["files"])
+        write_rejects(tmp / "rejects.jsonl", result["rejects"], meta["files"])
+        write_repairs(tmp / "repairs.jsonl", repaired, meta["files"])
         report = result["report"]
         report.update(
             name=str(settings.get("name", "")),
@@ -372,7 +386,7 @@ def prepare_dataset(cfg) -> Path:
             rejects_file=str(out_dir / "rejects.jsonl"),
             seconds=round(time.time() - t_start, 2),
             timings={
-                "read_s": round(t_read - t_start, 3),
+                "read_s": round(t_read - t_start, 3),  # set-up; reading streams into process_s
                 "process_s": round(t_proc - t_read, 3),  # the parallel (Ray Data) stage, Ray start-up included
                 "ray_start_s": _TIMINGS.get("ray_start_s", 0.0),
                 "assemble_s": round(t_asm - t_proc, 3),  # dedup, mixture, packing
@@ -676,7 +690,7 @@ def _assemble(rows: pa.Table, specs, settings, seed, read, files_of, progress) -
     for r in rej_rows:
         r["raw"] = raw_col[r.pop("raw_index")].as_py()
     rej_rows.sort(key=lambda r: (src_order[r["source"]], r["file"], r["line"]))
-    return {"train": train, "val": val, "rejects": rej_rows, "report": report}
+    return {"train": train, "val": val, "rejects": rej_rows, "report": report, "kept_rows": kept_all}
 
 
 def _empty_rows() -> pa.Table:
@@ -686,22 +700,6 @@ def _empty_rows() -> pa.Table:
         {"input_ids": pa.array([], li), "labels": pa.array([], li), "position_ids": pa.array([], li),
          "sample_ids": pa.array([], ls), "sources": pa.array([], ls)}
     )
-
-
-def _write_rejects(path: Path, rejects: list[dict], files_of: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rejects:
-            files = files_of.get(r["source"], [])
-            rec = {
-                "source": r["source"],
-                "line": r["line"],
-                "id": r["id"],
-                "reason": r["reason"],
-                "raw": r["raw"],
-                "file": files[r["file"]] if r["file"] < len(files) else None,
-                "detail": r["detail"],
-            }
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 def _write_shards(folder: Path, table: pa.Table, shard_rows: int) -> list[str]:
@@ -721,45 +719,3 @@ def _write_val(folder: Path, table: pa.Table | None, shard_rows: int) -> list[st
         return []
     (folder / "val").mkdir()
     return ["val/" + n for n in _write_shards(folder / "val", table, shard_rows)]
-
-
-# ---------------------------------------------------------------- console report
-def format_report(report: dict) -> str:
-    lines = []
-    p = report["packing"]
-    lines.append(f"data report: {report.get('name', '')}  ({report.get('out_dir', '')})")
-    lines.append(
-        f"  rows read {report['read']:,}  kept {report['kept']:,}  rejected {report['rejected']:,}"
-        f" (validation {report['rejected_validation']:,})"
-    )
-    lines.append(f"  {'source':<16}{'read':>9}{'kept':>9}{'rejected':>10}{'weight':>8}{'samples':>9}{'sup.tokens':>12}")
-    for name, s in report["sources"].items():
-        lines.append(
-            f"  {name:<16}{s['read']:>9,}{s['kept']:>9,}{s['rejected']:>10,}{s['weight']:>8.2f}"
-            f"{s['train_samples']:>9,}{s['supervised_tokens']:>12,}"
-        )
-        for r, c in s["by_reason"].items():
-            lines.append(f"      - {r}: {c:,}")
-    c = report["cleaning"]
-    lines.append(
-        "  cleaning: whitespace {whitespace_changed}, t2s {traditional_to_simplified_changed}, identity "
-        "{identity_rewritten}, duplicates {exact_duplicates_removed}, near-duplicates {near_duplicates_removed}, "
-        "refusals {refusals_removed}, truncated {truncated_at_turn_boundary}".format(**c)
-    )
-    lines.append(
-        f"  train samples {report['train_samples']:,}  val samples {report['val_samples']:,}  tokens {report['tokens']:,}"
-        f"  supervised {report['supervised_share']:.1%}  Chinese chars {report['chinese_char_share']:.1%}"
-    )
-    lines.append(
-        f"  packing {'on' if p['enabled'] else 'off'}: {p['rows']:,} rows of {p['max_seq_len']}"
-        f"  efficiency {p['efficiency']:.2%}  ({p['samples_per_row']:.2f} samples/row)"
-    )
-    h = report["length_histogram"]
-    total = max(sum(h["counts"]), 1)
-    lines.append("  sample length (tokens):")
-    for lo, hi, n in zip(h["edges"][:-1], h["edges"][1:], h["counts"]):
-        if n:
-            bar = "#" * max(1, int(40 * n / total))
-            lines.append(f"    {lo:>6}-{hi - 1:<6} {n:>8,} {bar}")
-    lines.append(f"  rejects: {report.get('rejects_file', '')}")
-    return "\n".join(lines)

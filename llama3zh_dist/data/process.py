@@ -1,6 +1,7 @@
 """Per-row work of data prep, run in parallel by Ray Data (or in-process for small inputs).
 
-``process_batch`` takes raw rows (``source``, ``file``, ``line``, ``raw`` JSON text) and returns one
+``process_batch`` takes raw rows (``source``, ``file``, ``line``, ``raw`` JSON text, ``error``: why a
+reader could not read it, or null) and returns one
 output row per input row: either ``status == ""`` with the tokenised sample (``input_ids``,
 ``labels``) and its statistics/dedup keys, or ``status == <reject reason>`` with the raw text.
 It never drops a row, so kept + rejected = read holds by construction.
@@ -9,6 +10,7 @@ It never drops a row, so kept + rejected = read holds by construction.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,8 @@ from .clean import (
     normalize_whitespace,
     to_simplified,
 )
+from .repair import repair_messages
+from .formats import row_id
 from .sources import Reject, SourceSpec, to_messages, validate_messages
 from .template import IGNORE_INDEX
 
@@ -50,6 +54,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("ws_changed", pa.bool_()),
         ("t2s_changed", pa.bool_()),
         ("identity_changed", pa.bool_()),
+        ("repairs", pa.string()),  # JSON {repair: times} of the repairs made to this row, null if none
     ]
 )
 
@@ -79,7 +84,7 @@ def _row_id(spec_name: str, raw_id: str | None, file_idx: int, line: int, multi_
     return f"{spec_name}:{file_idx}:{line}" if multi_file else f"{spec_name}:{line}"
 
 
-def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict) -> dict:
+def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict, error: str | None = None) -> dict:
     tools = _tools(settings)
     spec = tools["specs"][source]
     multi = settings["multi_file"][source]
@@ -97,13 +102,16 @@ def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict)
         "raw": raw if len(raw) <= limit else raw[:limit] + "…[truncated]",
     }
     out["id"] = _row_id(source, None, file_idx, line, multi)
+    repairs: Counter = Counter()
     try:
+        if error is not None:  # the unreadable rest of a file (readers.iter_records)
+            raise Reject("bad_json", error)
         try:
             obj = json.loads(raw)
         except (json.JSONDecodeError, ValueError) as e:
             raise Reject("bad_json", str(e)[:200]) from None
-        msgs, raw_id = to_messages(obj, spec)
-        out["id"] = _row_id(source, raw_id, file_idx, line, multi)
+        out["id"] = _row_id(source, row_id(obj, spec), file_idx, line, multi)  # rejects carry the row's own id too
+        msgs, _ = to_messages(obj, spec, settings["repair"], repairs)
         # cleaning (per row); every turn is stripped regardless (canonical form, see tokenizer.py)
         ws = t2s = ident = False
         for m in msgs:
@@ -122,7 +130,11 @@ def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict)
                 ident |= c3 != c2
                 c2 = c3
             m["content"] = c2
-        validate_messages(msgs)
+        msgs = repair_messages(msgs, settings["repair"], repairs)
+        try:
+            validate_messages(msgs)
+        except Reject as r:  # say what the repairs left, so "no messages" is not a mystery
+            raise Reject(r.reason, f"{r.detail} (after repairs {dict(repairs)})" if repairs else r.detail) from None
         if tools["refusal"] is not None:
             for m in msgs:
                 if m["role"] == "assistant":
@@ -186,6 +198,8 @@ def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict)
         )
     except Reject as r:
         out.update(status=r.reason, detail=r.detail)
+    if repairs:
+        out["repairs"] = json.dumps(dict(sorted(repairs.items())))
     return out
 
 
@@ -207,7 +221,8 @@ def process_batch(batch: pa.Table, settings: dict) -> pa.Table:
     fil = batch.column("file").to_pylist()
     lin = batch.column("line").to_pylist()
     raw = batch.column("raw").to_pylist()
-    rows = [process_row(s, f, l, r, settings) for s, f, l, r in zip(src, fil, lin, raw)]
+    err = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(raw)
+    rows = [process_row(s, f, l, r, settings, e) for s, f, l, r, e in zip(src, fil, lin, raw, err)]
     cols = {}
     for field in OUTPUT_SCHEMA:
         vals = [r.get(field.name) for r in rows]

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserError
+from .readers import iter_records
+from .formats import Reject, to_messages, validate_messages  # noqa: F401  (the conversion API, re-exported)
 
 FORMATS = ("sharegpt", "alpaca", "zhihu", "firefly", "messages", "columns")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -42,28 +44,10 @@ VALIDATION_REASONS = (
     "no_assistant_turn",
     "too_long",
     "no_supervised_tokens",
+    "non_text_content",
+    "tool_call_role",
 )
 FILTER_REASONS = ("refusal", "duplicate", "near_duplicate", "downsampled")
-
-_SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "bard": "assistant",
-    "bing": "assistant",
-    "system": "system",
-}
-_MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
-
-
-class Reject(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
 
 @dataclass
 class SourceSpec:
@@ -79,6 +63,7 @@ class SourceSpec:
     prompt_template: str | None = None
     system_prompt: str | None = None
     id_field: str | None = None
+    roles: dict | None = None  # the source's own role names -> system/user/assistant (wins over aliases)
 
     def settings(self) -> dict:
         """What of this spec changes the output (for the fingerprint), minus file contents."""
@@ -95,6 +80,7 @@ class SourceSpec:
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
             "id_field": self.id_field,
+            "roles": self.roles,
         }
 
 
@@ -181,6 +167,11 @@ def source_specs(data_cfg) -> list[SourceSpec]:
                 raise UserError(f"{prefix}.columns.assistant must name the response column for format=columns")
             if not columns.get("user") and not get(node, "prompt_template", None):
                 raise UserError(f"{prefix}: format=columns needs columns.user or a prompt_template")
+        roles = get(node, "roles", None)
+        roles = OmegaConf.to_container(roles, resolve=True) if roles is not None and not isinstance(roles, dict) else roles
+        bad = {k: v for k, v in (roles or {}).items() if v not in ("system", "user", "assistant")}
+        if bad:
+            raise UserError(f"{prefix}.roles maps {bad}; map each role name to system, user or assistant")
         weight = float(get(node, "weight", 1.0))
         if weight < 0:
             raise UserError(f"{prefix}.weight={weight} must be >= 0")
@@ -198,6 +189,7 @@ def source_specs(data_cfg) -> list[SourceSpec]:
                 prompt_template=get(node, "prompt_template", None),
                 system_prompt=get(node, "system_prompt", None),
                 id_field=get(node, "id_field", None),
+                roles=roles,
             )
         )
     names = [s.name for s in specs]
@@ -208,43 +200,12 @@ def source_specs(data_cfg) -> list[SourceSpec]:
 
 # ---------------------------------------------------------------- reading raw rows
 def iter_file_rows(path: str) -> Iterator[tuple[int, str]]:
-    """(line, raw text) for every row of a file; line is 1-based (JSON arrays and Parquet: row index).
-
-    JSONL rows are the lines as written (parsed later, so a bad line becomes a ``bad_json`` reject);
-    blank lines are not rows. JSON and Parquet rows are re-serialised to JSON text.
-    """
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        line = 0
-        for batch in pf.iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                line += 1
-                yield line, json.dumps(row, ensure_ascii=False, default=str)
-        return
-    if path.endswith(".json"):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            obj = None
-        if obj is not None:
-            if isinstance(obj, dict):
-                lists = [v for v in obj.values() if isinstance(v, list)]
-                obj = lists[0] if len(lists) == 1 and len(obj) <= 2 else [obj]
-            if not isinstance(obj, list):
-                obj = [obj]
-            for i, row in enumerate(obj, 1):
-                yield i, json.dumps(row, ensure_ascii=False)
-            return
-        # not one JSON document: read it as JSON lines
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            s = raw.decode("utf-8", errors="replace").strip()
-            if s:
-                yield i, s
+    """(line, raw text) of every row of a file (see :func:`readers.iter_records`, which also reports an
+    unreadable rest of a file as a record; here that is a UserError)."""
+    for line, raw, error in iter_records(path):
+        if error is not None:
+            raise UserError(f"{path}: {error}")
+        yield line, raw
 
 
 def load_hub_dataset(spec: SourceSpec):
@@ -286,198 +247,3 @@ def hub_fingerprint(spec: SourceSpec) -> str:
     return str(getattr(ds, "_fingerprint", "")) or f"{spec.hub}@{spec.revision}"
 
 
-# ---------------------------------------------------------------- format conversion
-def _str_field(obj: dict, key: str, *, required: bool = True, allow_empty: bool = False) -> str | None:
-    if key not in obj or obj[key] is None:
-        if required:
-            raise Reject("missing_field", f"no {key!r}")
-        return None
-    v = obj[key]
-    if not isinstance(v, str):
-        raise Reject("wrong_type", f"{key!r} is {type(v).__name__}, not a string")
-    return v
-
-
-def _list_field(obj: dict, key: str) -> list:
-    if key not in obj or obj[key] is None:
-        raise Reject("missing_field", f"no {key!r}")
-    v = obj[key]
-    if not isinstance(v, list):
-        raise Reject("wrong_type", f"{key!r} is {type(v).__name__}, not a list")
-    return v
-
-
-def _msg(role: str, content: Any, where: str) -> dict:
-    if not isinstance(content, str):
-        raise Reject("wrong_type", f"{where} content is {type(content).__name__ if content is not None else 'null'}")
-    return {"role": role, "content": content}
-
-
-def _conv_sharegpt(obj: dict, spec: SourceSpec) -> list[dict]:
-    turns = _list_field(obj, "conversations")
-    msgs = []
-    sys_ = _str_field(obj, "system", required=False)
-    if sys_ and sys_.strip():
-        msgs.append({"role": "system", "content": sys_})
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise Reject("wrong_type", f"conversations[{i}] is {type(t).__name__}, not an object")
-        frm = t.get("from", t.get("role"))
-        if not isinstance(frm, str):
-            raise Reject("missing_field" if frm is None else "wrong_type", f"conversations[{i}] has no string 'from'")
-        role = _SHAREGPT_ROLES.get(frm.strip().lower())
-        if role is None:
-            raise Reject("unknown_role", f"conversations[{i}].from={frm!r}")
-        msgs.append(_msg(role, t.get("value", t.get("content")), f"conversations[{i}]"))
-    return msgs
-
-
-def _conv_alpaca(obj: dict, spec: SourceSpec) -> list[dict]:
-    instruction = _str_field(obj, "instruction")
-    inp = _str_field(obj, "input", required=False) or ""
-    output = _str_field(obj, "output")
-    msgs = []
-    sys_ = _str_field(obj, "system", required=False)
-    if sys_ and sys_.strip():
-        msgs.append({"role": "system", "content": sys_})
-    hist = obj.get("history")
-    if hist is not None:
-        if not isinstance(hist, list):
-            raise Reject("wrong_type", "'history' is not a list of [question, answer] pairs")
-        for i, pair in enumerate(hist):
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise Reject("wrong_type", f"history[{i}] is not a [question, answer] pair")
-            msgs.append(_msg("user", pair[0], f"history[{i}][0]"))
-            msgs.append(_msg("assistant", pair[1], f"history[{i}][1]"))
-    user = instruction if not inp.strip() else (instruction.rstrip() + "\n\n" + inp.strip() if instruction.strip() else inp)
-    msgs.append({"role": "user", "content": user})
-    msgs.append({"role": "assistant", "content": output})
-    return msgs
-
-
-def _conv_zhihu(obj: dict, spec: SourceSpec) -> list[dict]:
-    return [
-        {"role": "user", "content": _str_field(obj, "INSTRUCTION")},
-        {"role": "assistant", "content": _str_field(obj, "RESPONSE")},
-    ]
-
-
-def _conv_firefly(obj: dict, spec: SourceSpec) -> list[dict]:
-    msgs = []
-    sys_ = _str_field(obj, "system", required=False)
-    if sys_ and sys_.strip():
-        msgs.append({"role": "system", "content": sys_})
-    if "conversation" not in obj and "input" in obj and "target" in obj:  # Firefly-1.1M single turn
-        return msgs + [
-            {"role": "user", "content": _str_field(obj, "input")},
-            {"role": "assistant", "content": _str_field(obj, "target")},
-        ]
-    turns = _list_field(obj, "conversation")
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise Reject("wrong_type", f"conversation[{i}] is {type(t).__name__}, not an object")
-        unknown = [k for k in t if k not in ("human", "assistant")]
-        if unknown:
-            raise Reject("unknown_role", f"conversation[{i}] has key {unknown[0]!r} (want human/assistant)")
-        if "human" not in t:
-            raise Reject("wrong_role_order", f"conversation[{i}] has no 'human' turn")
-        msgs.append(_msg("user", t["human"], f"conversation[{i}].human"))
-        if "assistant" in t:
-            msgs.append(_msg("assistant", t["assistant"], f"conversation[{i}].assistant"))
-    return msgs
-
-
-def _conv_messages(obj: dict, spec: SourceSpec) -> list[dict]:
-    turns = _list_field(obj, "messages")
-    msgs = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise Reject("wrong_type", f"messages[{i}] is {type(t).__name__}, not an object")
-        role = t.get("role")
-        if not isinstance(role, str):
-            raise Reject("missing_field" if role is None else "wrong_type", f"messages[{i}] has no string 'role'")
-        r = _MESSAGE_ROLES.get(role)
-        if r is None:
-            raise Reject("unknown_role", f"messages[{i}].role={role!r}")
-        msgs.append(_msg(r, t.get("content"), f"messages[{i}]"))
-    return msgs
-
-
-class _Fields(dict):
-    def __missing__(self, key):
-        raise Reject("missing_field", f"prompt_template needs field {key!r}")
-
-
-def _conv_columns(obj: dict, spec: SourceSpec) -> list[dict]:
-    cols = spec.columns or {}
-    msgs = []
-    if cols.get("system"):
-        s = _str_field(obj, cols["system"], required=False)
-        if s and s.strip():
-            msgs.append({"role": "system", "content": s})
-    if spec.prompt_template:
-        fields = _Fields()
-        for k, v in obj.items():
-            if v is None:
-                continue
-            if not isinstance(v, (str, int, float)):
-                continue
-            fields[k] = v
-        for k in [cols.get("user")] if cols.get("user") else []:
-            _str_field(obj, k)  # type check the mapped column
-        try:
-            user = spec.prompt_template.format_map(fields)
-        except (IndexError, ValueError) as e:
-            raise Reject("wrong_type", f"prompt_template: {e}") from None
-    else:
-        user = _str_field(obj, cols["user"])
-    msgs.append({"role": "user", "content": user})
-    msgs.append({"role": "assistant", "content": _str_field(obj, cols["assistant"])})
-    return msgs
-
-
-_CONVERTERS = {
-    "sharegpt": _conv_sharegpt,
-    "alpaca": _conv_alpaca,
-    "zhihu": _conv_zhihu,
-    "firefly": _conv_firefly,
-    "messages": _conv_messages,
-    "columns": _conv_columns,
-}
-
-_DEFAULT_ID_FIELDS = ("id", "conversation_id", "ID", "uid")
-
-
-def to_messages(obj: Any, spec: SourceSpec) -> tuple[list[dict], str | None]:
-    """(messages, raw id) of one parsed row in the source's format; raises :class:`Reject`."""
-    if not isinstance(obj, dict):
-        raise Reject("not_an_object", f"row is a JSON {type(obj).__name__}, not an object")
-    msgs = _CONVERTERS[spec.format](obj, spec)
-    if spec.system_prompt and not (msgs and msgs[0]["role"] == "system"):
-        msgs.insert(0, {"role": "system", "content": spec.system_prompt})
-    raw_id = None
-    for k in [spec.id_field] if spec.id_field else _DEFAULT_ID_FIELDS:
-        v = obj.get(k) if k else None
-        if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip():
-            raw_id = str(v).strip()
-            break
-    return msgs, raw_id
-
-
-def validate_messages(msgs: list[dict]) -> None:
-    """SPEC structure: optional system first, then user/assistant alternating from user, ending with
-    assistant, every content non-empty. Raises :class:`Reject` with the reason."""
-    if not msgs:
-        raise Reject("no_assistant_turn", "no messages")
-    for i, m in enumerate(msgs):
-        if not m["content"].strip():
-            raise Reject("empty_turn", f"message {i} ({m['role']}) is empty")
-    if not any(m["role"] == "assistant" for m in msgs):
-        raise Reject("no_assistant_turn", "no assistant message")
-    start = 1 if msgs[0]["role"] == "system" else 0
-    for i in range(start, len(msgs)):
-        want = "user" if (i - start) % 2 == 0 else "assistant"
-        if msgs[i]["role"] != want:
-            raise Reject("wrong_role_order", f"message {i} is {msgs[i]['role']!r}, expected {want!r}")
-    if msgs[-1]["role"] != "assistant":
-        raise Reject("wrong_role_order", "ends with a user turn, not an assistant turn")

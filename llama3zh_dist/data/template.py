@@ -1,7 +1,9 @@
 """The Llama 3 Instruct chat format, encoded fast and exactly.
 
 Token for token what Meta's ``llama_models.llama3.chat_format.ChatFormat.encode_dialog_prompt``
-produces, without its trailing assistant header unless ``add_generation_prompt``::
+produces for the messages with each content stripped of leading and trailing whitespace (Meta's
+llama3 reference and HF's Llama 3 Instruct template strip; the ``llama_models`` copy does not),
+without its trailing assistant header unless ``add_generation_prompt``::
 
     <|begin_of_text|>
     <|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>     (per message)
@@ -105,14 +107,14 @@ class Llama3Encoder:
         """Per-message token lists (header + content + eot), without BOS."""
         out = []
         for m in messages:
-            out.append(self._headers[m["role"]] + self.encode_text(m["content"]) + [EOT_ID])
+            out.append(self._headers[m["role"]] + self.encode_text(m["content"].strip()) + [EOT_ID])
         return out
 
     def encode_dialog(self, messages: Sequence[dict], *, add_generation_prompt: bool = False) -> list[int]:
         ids = [BOS_ID]
         for m in messages:
             ids += self.header_ids(m["role"])
-            ids += self.encode_text(m["content"])
+            ids += self.encode_text(m["content"].strip())
             ids.append(EOT_ID)
         if add_generation_prompt:
             ids += self.header_ids("assistant")
@@ -135,7 +137,7 @@ class Llama3Encoder:
         labels = [IGNORE_INDEX]
         for i, m in enumerate(messages):
             head = self._headers.get(m["role"]) or self.header_ids(m["role"])
-            body = self.encode_text(m["content"])
+            body = self.encode_text(m["content"].strip())
             body.append(EOT_ID)
             ids += head
             labels += [IGNORE_INDEX] * len(head)

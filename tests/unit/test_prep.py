@@ -51,8 +51,8 @@ def make_corpus(root: Path, n_good: int = 12) -> dict:
         {"conversations": "not a list"},  # wrong_type
         {"conversations": [{"from": "human", "value": 42}, {"from": "gpt", "value": "a"}]},  # wrong_type
         {"conversations": [{"from": "robot", "value": "q"}, {"from": "gpt", "value": "a"}]},  # unknown_role
-        {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]},  # wrong_role_order
-        {"conversations": [{"from": "human", "value": "   "}, {"from": "gpt", "value": "a"}]},  # empty_turn
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "s"}, {"from": "gpt", "value": "a"}]},  # wrong_role_order
+        {"conversations": [{"from": "human", "value": "   "}, {"from": "gpt", "value": "a"}]},  # empty pair removed: nothing left
         {"conversations": [{"from": "human", "value": "只有问题"}]},  # no_assistant_turn
         {"conversations": [{"from": "human", "value": long_text}, {"from": "gpt", "value": "好"}]},  # too_long
         {"conversations": [{"from": "human", "value": "问"}, {"from": "gpt", "value": "As an AI language model, no."}]},  # refusal
@@ -147,11 +147,14 @@ def test_every_input_row_is_accounted_for_per_source(prepared, corpus):
         assert rej_by_src[name] == s["rejected"] and kept_by_src[name] == s["kept"]
     assert report["read"] == sum(corpus["read"].values()) == report["kept"] + report["rejected"]
     reasons = {(r["source"], r["reason"]) for r in rejects}
-    for reason in ["bad_json", "not_an_object", "wrong_type", "unknown_role", "wrong_role_order", "empty_turn",
+    for reason in ["bad_json", "not_an_object", "wrong_type", "unknown_role", "wrong_role_order",
                    "no_assistant_turn", "too_long", "refusal", "duplicate"]:
         assert ("sharegpt", reason) in reasons, reason
-    assert {("alpaca", "missing_field"), ("alpaca", "wrong_type"), ("alpaca", "empty_turn"), ("zhihu", "missing_field"),
-            ("firefly", "unknown_role"), ("messages", "unknown_role"), ("xhs", "missing_field")} <= reasons
+    # empty turns are repaired away (data.repair.empty_pairs); a row left with nothing says so
+    assert {("alpaca", "missing_field"), ("alpaca", "wrong_type"), ("alpaca", "no_assistant_turn"), ("zhihu", "missing_field"),
+            ("firefly", "unknown_role"), ("messages", "tool_call_role"), ("xhs", "missing_field")} <= reasons
+    emptied = next(r for r in rejects if r["source"] == "alpaca" and r["reason"] == "no_assistant_turn")
+    assert "empty_pairs" in emptied["detail"]
     for r in rejects:
         assert set(r) >= {"source", "line", "id", "reason", "raw"} and r["raw"]
     bad = next(r for r in rejects if r["reason"] == "bad_json")

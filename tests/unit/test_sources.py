@@ -70,7 +70,9 @@ def test_column_mapping_with_prompt_template_builds_the_user_turn():
         ("alpaca", {"instruction": ["x"], "output": "y"}, "wrong_type"),
         ("zhihu", {"INSTRUCTION": "q", "RESPONSE": None}, "missing_field"),
         ("firefly", {"conversation": [{"human": "q", "bot": "a"}]}, "unknown_role"),
-        ("messages", {"messages": [{"role": "tool", "content": "x"}]}, "unknown_role"),
+        ("messages", {"messages": [{"role": "tool", "content": "x"}]}, "tool_call_role"),
+            ("messages", {"messages": [{"role": "robot", "content": "x"}]}, "unknown_role"),
+            ("messages", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "non_text_content"),
     ],
 )
 def test_malformed_rows_get_a_reason(fmt, row, reason):
@@ -175,3 +177,24 @@ def test_hub_dataset_rows_flow_through_the_format_mapping(monkeypatch):
     got = list(sources.iter_hub_rows(spec))
     assert got == [(1, json.dumps(rows[0], ensure_ascii=False))]
     assert to_messages(json.loads(got[0][1]), spec)[0][1]["content"] == "你好！"
+
+
+def test_tool_call_roles_are_kept_only_where_the_source_maps_them():
+    row = {"conversations": [{"from": "human", "value": "查天气"}, {"from": "function_call", "value": "{}"},
+                             {"from": "observation", "value": "晴"}, {"from": "gpt", "value": "晴天"}]}
+    with pytest.raises(Reject) as e:
+        to_messages(row, _spec("sharegpt"))
+    assert e.value.reason == "tool_call_role" and "function_call" in e.value.detail
+    spec = _spec("sharegpt", roles={"function_call": "assistant", "observation": "user"})
+    msgs, _ = to_messages(row, spec)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    cfg = OmegaConf.create({"sources": {"t": {"format": "sharegpt", "files": ["x.jsonl"], "roles": {"tool": "robot"}}}})
+    with pytest.raises(UserError, match=r"data.sources.t.roles"):
+        source_specs(cfg)
+
+
+def test_content_parts_join_as_text_in_both_layouts():
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "你"}, {"type": "text", "text": "好"}]},
+                        {"role": "assistant", "content": [{"type": "text", "value": "在"}, {"type": "text", "value": "的"}]}]}
+    msgs, _ = to_messages(row, _spec("messages"))
+    assert [m["content"] for m in msgs] == ["你好", "在的"]

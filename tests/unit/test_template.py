@@ -124,7 +124,8 @@ def test_template_matches_meta_reference_token_for_token(conversations, meta_cha
     header = enc.header_ids("assistant")
     n_lookalike = 0
     for msgs in conversations:
-        ref = _meta_tokens(meta_chat_format, msgs)
+        # SPEC: Meta's reference on the stripped contents (what Meta's llama3 reference itself does)
+        ref = _meta_tokens(meta_chat_format, _strip_content(msgs))
         # Meta appends the assistant header for generation; training is the reference without it
         assert ref[-len(header) :] == header
         assert encode_dialog(None, msgs, add_generation_prompt=True) == ref
@@ -136,6 +137,8 @@ def test_template_matches_meta_reference_token_for_token(conversations, meta_cha
     # very long content goes through Meta's 25k-char splitting identically
     long_msgs = [{"role": "user", "content": "好" * 30000 + " " * 26000 + "end"}, {"role": "assistant", "content": "ok"}]
     assert encode_dialog(None, long_msgs, add_generation_prompt=True) == _meta_tokens(meta_chat_format, long_msgs)
+    edge = [{"role": "user", "content": " \n 你好\t"}, {"role": "assistant", "content": "\n\n好的 "}]
+    assert encode_dialog(None, edge) == encode_dialog(None, _strip_content(edge))
 
 
 def test_hf_apply_chat_template_gives_the_same_tokens(conversations, hf_tokenizer):
@@ -196,7 +199,7 @@ def test_labels_cover_exactly_assistant_content_and_eot(conversations):
                 if m["role"] == "assistant":
                     k += 1
                     if train_on == "all_assistant" or k == n_asst:
-                        expected += enc.encode_text(m["content"]) + [EOT_ID]
+                        expected += enc.encode_text(m["content"].strip()) + [EOT_ID]
             assert [t for t in labels if t != IGNORE_INDEX] == expected
             # supervised labels equal the input ids at the same positions (shifted by the loss, not here)
             assert all(l == i for l, i in zip(labels, ids) if l != IGNORE_INDEX)

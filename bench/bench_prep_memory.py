@@ -1,0 +1,184 @@
+"""Peak memory of prep against input size: JSON array and JSONL, two sizes each, side by side.
+
+    .venv/bin/python bench/bench_prep_memory.py [--small-mb 100] [--large-mb 1024] [--stream-mb 10 100]
+                                                [--prep-mb 20 80] [--stages read stream prep]
+
+Corpus: ShareGPT-layout conversations of synthetic Chinese chat (bench_prep.make_corpus's text
+generator), the same rows written as one JSON array (indented, as ShareGPT_V3 dumps are) and as
+JSONL. Every figure is the peak RSS (``ru_maxrss``) of a fresh child process, so stages do not
+share caches. Figures:
+
+- ``stream``: the prep's read + per-row stage as prep runs it in-process (``data.ray.workers=0``):
+  ``stream.raw_blocks`` (incremental JSON array / JSONL reader) -> ``process.process_batch`` (parse,
+  map format, repair, clean, validate, tokenise + mask, dedup keys), block by block, outputs
+  counted and dropped. This stage is bounded: reader buffer (~1 MiB + one record) + one block.
+- ``read``: the reader alone (``readers.iter_records`` + ``json.loads`` of every record).
+- ``prep``: the whole ``prepare_dataset`` (driver-side dedup, mixture, packing and the output
+  table hold every kept sample's tokens, so this grows with the kept tokens) at the ``--prep-mb``
+  sizes.
+
+Near-dedup is off in every stage (the corpus repeats its bodies; see ``_child``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def write_corpus(folder: Path, mb: int, seed: int = 0) -> dict:
+    """A JSON array and a JSONL file of ~mb MB each (same rows); returns paths and row count."""
+    from bench_prep import _para, _words
+
+    rng = random.Random(seed)
+    words = _words()
+    # 3,000 distinct conversation bodies, repeated with fresh ids and a varying first line so the
+    # generator keeps up with the disk (the per-row work of prep does not depend on repetition)
+    bodies = []
+    for _ in range(3000):
+        turns = []
+        for _ in range(rng.randint(1, 4)):
+            turns.append({"from": "human", "value": _para(rng, words, rng.randint(1, 3))})
+            turns.append({"from": "gpt", "value": _para(rng, words, rng.randint(2, 10))})
+        bodies.append(turns)
+    target = mb * 1_000_000
+    arr, jl = folder / f"sharegpt_{mb}mb.json", folder / f"sharegpt_{mb}mb.jsonl"
+    n = size = 0
+    with open(arr, "w", encoding="utf-8") as fa, open(jl, "w", encoding="utf-8") as fl:
+        fa.write("[\n")
+        while size < target:
+            turns = [dict(t) for t in bodies[n % len(bodies)]]
+            turns[0]["value"] = f"第{n}个问题。" + turns[0]["value"]
+            row = {"id": f"{n // 3}_{n % 3}", "conversations": turns}
+            line = json.dumps(row, ensure_ascii=False)
+            fl.write(line + "\n")
+            pretty = json.dumps(row, ensure_ascii=False, indent=2)
+            fa.write(("  " if n == 0 else ",\n  ") + pretty.replace("\n", "\n  "))
+            size += len(line.encode("utf-8")) + 1
+            n += 1
+        fa.write("\n]\n")
+    return {"json": str(arr), "jsonl": str(jl), "rows": n}
+
+
+def _child(stage: str, path: str, out_dir: str) -> dict:
+    """Run in a fresh process: one stage on one file; returns figures incl. peak RSS."""
+    os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+    from omegaconf import OmegaConf
+
+    from llama3zh_dist.config import load_config
+    from llama3zh_dist.data import prep as P
+    from llama3zh_dist.data.readers import iter_records
+
+    t0 = time.perf_counter()
+    cfg = load_config(["model=tiny", "data=sample"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.sources = {"sg": {"format": "sharegpt", "files": [path]}}
+    cfg.data.out_dir = out_dir
+    cfg.data.max_seq_len = 4096
+    cfg.data.max_reject_fraction = 1.0
+    cfg.data.ray.workers = 0
+    cfg.data.progress = stage == "prep"
+    # the corpus repeats 3,000 bodies (fresh ids, first lines): near-dedup would keep only those and
+    # hide how prep's memory follows the kept samples
+    cfg.data.clean.near_dedup.enabled = False
+    rows = kept = 0
+    if stage == "read":
+        for _, raw, err in iter_records(path):
+            json.loads(raw) if err is None else None
+            rows += 1
+    elif stage == "stream":
+        from llama3zh_dist.data.process import process_batch
+        from llama3zh_dist.data.sources import source_specs
+        from llama3zh_dist.data.stream import raw_blocks
+        from llama3zh_dist.data.template import get_encoder
+
+        settings = P.data_settings(cfg)
+        specs = source_specs(cfg.data)
+        proc = P.process_settings(specs, settings, get_encoder(None), "bench")
+        meta: dict = {}
+        last = time.perf_counter()
+        for block in raw_blocks(specs, 2000, False, meta):
+            out = process_batch(block, proc)
+            rows += out.num_rows
+            kept += sum(1 for s in out.column("status").to_pylist() if s == "")
+            if time.perf_counter() - last > 30:
+                last = time.perf_counter()
+                print(f"    ... {rows:,} rows, {rows / (last - t0):,.0f} rows/s", file=sys.stderr, flush=True)
+    else:
+        out = P.prepare_dataset(cfg)
+        rep = json.loads((Path(out) / "data_report.json").read_text())
+        rows, kept = rep["read"], rep["kept"]
+    return {"stage": stage, "file": os.path.basename(path), "mb": os.path.getsize(path) / 1e6, "rows": rows,
+            "kept": kept, "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure(stage: str, path: str, tmp: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, __file__, "--child", stage, path, str(tmp / f"out_{stage}_{Path(path).name}")]
+    res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    fig = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"  {fig['stage']:<7} {fig['file']:<26} {fig['mb']:>8.0f} MB {fig['rows']:>10,} rows "
+          f"{fig['seconds']:>8.1f} s  {fig['rows'] / max(fig['seconds'], 1e-9):>8,.0f} rows/s  "
+          f"peak RSS {fig['peak_rss_mb']:>7,.0f} MB", flush=True)
+    return fig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small-mb", type=int, default=100)
+    ap.add_argument("--large-mb", type=int, default=1024)
+    ap.add_argument("--stream-mb", type=int, nargs="*", default=None,
+                    help="sizes for the stream stage (default: --small-mb and --large-mb; at ~300-2,500 rows/s "
+                         "per core a 1 GB file takes 10-30 minutes per format)")
+    ap.add_argument("--prep-mb", type=int, nargs="*", default=[20, 80])
+    ap.add_argument("--stages", nargs="*", default=["read", "stream", "prep"])
+    ap.add_argument("--tmp", default=None, help="folder for the generated files (default: a temp folder)")
+    ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(*args.child)))
+        return
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        figs = []
+        read_sizes = {args.small_mb, args.large_mb} if "read" in args.stages else set()
+        stream_sizes = set(args.stream_mb if args.stream_mb is not None else [args.small_mb, args.large_mb])
+        stream_sizes = stream_sizes if "stream" in args.stages else set()
+        for mb in sorted(read_sizes | stream_sizes):
+            t = time.perf_counter()
+            c = write_corpus(tmp, mb)
+            print(f"corpus {mb} MB: {c['rows']:,} conversations ({time.perf_counter() - t:.0f}s to write)", flush=True)
+            for stage, sizes in (("read", read_sizes), ("stream", stream_sizes)):
+                if mb in sizes:
+                    figs += [measure(stage, c["json"], tmp), measure(stage, c["jsonl"], tmp)]
+            for p in (c["json"], c["jsonl"]):
+                os.remove(p)
+        if "prep" in args.stages:
+            for mb in args.prep_mb:
+                c = write_corpus(tmp, mb, seed=1)
+                print(f"corpus {mb} MB: {c['rows']:,} conversations", flush=True)
+                figs += [measure("prep", c["json"], tmp), measure("prep", c["jsonl"], tmp)]
+        print("\npeak RSS by stage and size (MB):")
+        for stage in ("read", "stream", "prep"):
+            for kind in ("json", "jsonl"):
+                row = [f for f in figs if f["stage"] == stage and f["file"].endswith("." + kind)]
+                if row:
+                    cells = ", ".join(f"{f['mb']:,.0f} MB input -> {f['peak_rss_mb']:,.0f} MB" for f in row)
+                    print(f"  {stage:<7}{kind:<6} {cells}")
+
+
+if __name__ == "__main__":
+    main()
