@@ -58,6 +58,26 @@ class CleanConfig:
 
 
 @dataclass
+class RepairConfig:
+    """Unambiguous fixes made before a row is judged; each counted (data_report.json, repairs.jsonl)."""
+
+    role_aliases: bool = True
+    """bing/chatgpt/bard/chatbot/... -> assistant, user -> user (names not the format's own)."""
+    banner_system: bool = True
+    """Drop system turns that carry a share-site banner (banner_phrases)."""
+    leading_assistant: bool = True
+    """Drop assistant turns before the first user turn (a continuation chunk)."""
+    merge_consecutive: bool = True
+    """Join consecutive turns of one role (blank line between)."""
+    empty_pairs: bool = True
+    """Remove user/assistant pairs with an empty side (and empty system turns)."""
+    trailing_user: bool = True
+    """Drop a final user turn that has no answer."""
+    banner_phrases: List[str] = field(default_factory=list)
+    """Case-insensitive substrings of a banner system turn."""
+
+
+@dataclass
 class RayDataConfig:
     workers: Optional[int] = None
     """Ray Data parallelism (null = all CPUs of this machine, 0 = no Ray)."""
@@ -104,6 +124,7 @@ class DataConfig:
     rejects_raw_max_chars: int = 4096
     progress: bool = True
     clean: CleanConfig = field(default_factory=CleanConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
     ray: RayDataConfig = field(default_factory=RayDataConfig)
 
     def __post_init__(self):

@@ -207,5 +207,8 @@ def test_each_repair_is_a_switch(dump, tmp_path):
 def test_a_repair_switch_that_is_not_a_boolean_is_a_user_error(dump, tmp_path):
     from llama3zh_dist.errors import UserError
 
-    with pytest.raises(UserError, match=r"data.repair.merge_consecutive='yes' must be true or false"):
-        prepare_dataset(_cfg(tmp_path, dump["sources"], **{"repair.merge_consecutive": "yes"}))
+    from llama3zh_dist.config import load_config
+
+    # the typed config schema refuses it while composing, before any data is read
+    with pytest.raises(UserError, match=r"data.repair.merge_consecutive=sometimes"):
+        load_config(["model=tiny", "data=sample", "data.repair.merge_consecutive=sometimes"])
