@@ -6,7 +6,9 @@ Layouts (the ones the benchmarks ship):
     CMMLU   <root>/dev/<subject>.csv, <root>/test/<subject>.csv     header ",Question,A,B,C,D,Answer"
     C-Eval  <root>/{dev,val,test}/<subject>_<split>.csv              header "id,question,A,B,C,D,answer,explanation"
 
-Cells are read as text (the csv module, not pandas' type guessing), so "0.50" stays "0.50".
+Cells are read as text (the csv module, not pandas' type guessing), so "0.50" stays "0.50" and a
+choice "None" or "null" stays that word; lm-evaluation-harness loads local CSVs through pandas,
+which turns such cells into NaN and the prompt into "nan" -- the one place the two can differ.
 """
 
 from __future__ import annotations
