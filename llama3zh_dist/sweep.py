@@ -54,6 +54,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from .config import CONF_DIR, load_config
 from .errors import UserError, exits_cleanly_on_user_error
+from .eval.sweep_metric import eval_metric_problems, is_eval_metric, is_evaluation_record
 
 # Keys a trial gets from the sweep itself; they never reach the best-config experiment file.
 RUN_KEYS = ("run.dir", "run.name", "logger.group", "data.out_dir")
@@ -260,7 +261,7 @@ def _error_summary(log: Path, code: int) -> str:
 
 def _result(rec: dict) -> dict:
     """What a trial reports to Tune from one evaluation line of ``metrics.jsonl``."""
-    return {k: v for k, v in rec.items() if k in ("step", "loss", "epoch") or k.startswith("val_")}
+    return {k: v for k, v in rec.items() if k in ("step", "loss", "epoch") or k.startswith(("val_", "eval/"))}
 
 
 class TrialRun(Trainable):
@@ -314,7 +315,7 @@ class TrialRun(Trainable):
 
     def _read(self) -> None:
         for rec in self.tail.records():
-            if "val_loss" not in rec or float(rec.get("time", self.t_launch)) < self.t_launch:
+            if not is_evaluation_record(rec) or float(rec.get("time", self.t_launch)) < self.t_launch:
                 continue  # not an evaluation, or one reported before an interruption
             if int(rec["step"]) <= self.last_step:
                 continue
@@ -492,12 +493,14 @@ def _check_trial_config(cfg: DictConfig, *, remote: bool) -> None:
     problems = preflight_problems(cfg)
     if remote:  # the trials run on the cluster's GPU nodes, not on this (driver) machine
         problems = [p for p in problems if not p.startswith("cluster.device=cuda but this machine has no CUDA GPU")]
-    if not int(cfg.trainer.eval_every) > 0:
+    if is_eval_metric(cfg.sweep.metric):  # benchmark figures: eval.every_steps matters, not the val split
+        problems += eval_metric_problems(cfg)
+    elif not int(cfg.trainer.eval_every) > 0:
         problems.append("trainer.eval_every must be > 0: trials report their validation loss at each evaluation")
     elif int(cfg.trainer.eval_every) > int(cfg.trainer.max_steps):
         problems.append(f"trainer.eval_every={cfg.trainer.eval_every} is above trainer.max_steps={cfg.trainer.max_steps}: "
                         "no trial would ever report a validation loss")
-    if not float(cfg.data.val_fraction) > 0:
+    if not is_eval_metric(cfg.sweep.metric) and not float(cfg.data.val_fraction) > 0:
         problems.append("data.val_fraction must be > 0: the sweep compares trials on the held-out validation split")
     if problems:
         raise UserError("this sweep cannot run:\n  - " + "\n  - ".join(problems))

@@ -166,3 +166,12 @@ def prompt_text(bench: Benchmark, item: MCItem, shots: int) -> str:
     (fewshot delimiter "\\n\\n", target delimiter " ")."""
     examples = "".join(f"{question_text(ex)} {ex.answer}\n\n" for ex in bench.shots(item.subject, shots))
     return bench.description(item.subject) + examples + question_text(item)
+
+
+def as_chat_conversations(bench: Benchmark, items: list[MCItem], shots: int = 0) -> list[dict]:
+    """Items as canonical training conversations (the ``messages`` format): the prompt text as the
+    user turn, the answer letter as the assistant's reply -- what ``eval.chat_template=true`` scores."""
+    return [{"id": f"{it.benchmark}-{it.subject}-{it.index}", "source": f"{it.benchmark}_mc",
+             "messages": [{"role": "user", "content": prompt_text(bench, it, shots)},
+                          {"role": "assistant", "content": it.answer}]}
+            for it in items if it.answer]
