@@ -51,13 +51,15 @@ class TrainingEvaluator:
     def _chat(self, model) -> list[dict]:
         mine = list(range(self.rank, len(self.convs), self.world_size))
         ev = self.cfg.eval
+        # Agree on the number of generate calls before the first one: a rank that asked after its own
+        # share would meet the others inside their generate's collectives.
+        turns = sum(len(self.convs[p]["turns"]) for p in mine)
+        pad = self._max(turns) - turns
         local = []
         for pos in mine:
             recs = generate_conversation(model, self.tok, self.convs[pos], max_new_tokens=int(ev.chat.max_new_tokens),
                                          identity_name=ev.chat.get("identity_name"), device=self.device, synced=True)
             local.append((pos, recs))
-        turns = sum(len(self.convs[p]["turns"]) for p in mine)
-        pad = self._max(turns) - turns
         if pad:
             filler = {"id": "-", "category": "-", "turns": ["。"] * pad, "identity": False}
             generate_conversation(model, self.tok, filler, max_new_tokens=1, identity_name=None,
