@@ -20,10 +20,14 @@ def load_model(folder: Path, cfg: DictConfig):
 
     trust = bool(cfg.model.get("trust_remote_code", False))
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        # device_map="auto" spreads a model larger than one GPU (70B in bf16) over all visible GPUs.
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust,
+                                                     dtype="auto", device_map="auto").eval()
+        return model, tok, model.get_input_embeddings().weight.device
     model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust,
-                                                 dtype="auto").to(device).eval()
-    return model, tok, device
+                                                 dtype="auto").eval()
+    return model, tok, torch.device("cpu")
 
 
 def run_chat_samples(model, tok, cfg: DictConfig, device, *, convs: list[dict] | None = None,

@@ -76,7 +76,7 @@ class TrainingEvaluator:
         try:
             items = score_benchmarks(model, self.tok, self.benches, self.cfg.eval, self.device, rank=self.rank,
                                      world_size=self.world_size, all_reduce_max=self._max, all_gather=self._gather,
-                                     show_progress=False) if self.benches else []
+                                     show_progress=True) if self.benches else []
             results = summarize(items)
             generations = None
             if self.convs is not None:
