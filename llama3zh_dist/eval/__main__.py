@@ -46,14 +46,12 @@ def resolve_target(cfg: DictConfig, argv: list[str]) -> tuple[Path, Path, str]:
         return folder, out, tag
     if _given(argv, "model.path") and cfg.model.path:
         folder = resolve_path(str(cfg.model.path))
-        default_out = (run_dir / "eval" / "export") if _given(argv, "run.dir") else folder.parent / "eval" / folder.name
     else:
         folder = run_dir / "export"
-        default_out = run_dir / "eval" / "export"
     if not (folder / "config.json").exists():
         raise UserError(f"no exported model at {folder} (config.json missing): pass model.path=<export folder>, "
                         f"or run.dir=<run> whose training finished, or eval.step=N for a checkpoint of run.dir")
-    out = resolve_path(str(cfg.eval.out_dir)) if cfg.eval.out_dir else default_out
+    out = resolve_path(str(cfg.eval.out_dir)) if cfg.eval.out_dir else run_dir / "eval" / "export"
     return folder, out, "export"
 
 

@@ -77,8 +77,7 @@ def console_table(results: dict) -> str:
         if bench == "chat":
             lines.append(f"chat samples ({r['n']}): stopped at <|eot_id|> {_pct(r['stopped_at_eot'])}, "
                          f"Chinese share {_pct(r['chinese_share'])}, distinct-2 {r['distinct_2']:.3f}, "
-                         f"identity {'ok' if r['identity_ok'] else 'NOT ok'}"
-                         + ("" if r.get("identity_ok") is not None else " (no identity prompt)"))
+                         f"identity name {_pct(r['identity_ok'])}")
             continue
         lines.append(f"{bench:<8} overall {_pct(r['accuracy'])}  (n={r['n']})")
         for cat, v in r["categories"].items():
