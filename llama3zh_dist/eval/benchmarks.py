@@ -139,6 +139,12 @@ class Benchmark:
         split = LAYOUT[self.name]["eval_split"]
         return [it for s in self.subjects for it in self.split_items(s, split)]
 
+    def load_all(self, shots: int) -> None:
+        """Read every evaluated item and few-shot example now, so bad data fails before any model work."""
+        self.items()
+        for s in self.subjects:
+            self.shots(s, shots)
+
     def shots(self, subject: str, k: int) -> list[MCItem]:
         """The first k dev items (lm-evaluation-harness's ``first_n`` few-shot sampler)."""
         if k <= 0:

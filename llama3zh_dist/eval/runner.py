@@ -37,6 +37,7 @@ def load_benchmarks(ev: DictConfig) -> list[Benchmark]:
         bench = Benchmark(name, str(ev[name].path))
         if subjects:
             bench.subjects = [s for s in bench.subjects if s in subjects]
+        bench.load_all(int(ev.get("shots") or 0))
         benches.append(bench)
     if subjects and benches:
         found = {s for b in benches for s in b.subjects}
