@@ -131,3 +131,18 @@ def test_chat_template_scoring_puts_the_prompt_in_a_user_turn_and_scores_the_bar
     assert probe.input_ids == ctx and probe.keep == 1
     plain = choice_requests(tok, b, item, 0, chat_template=False)
     assert all(tok.decode(cont) == f" {c}" for c, (_, cont) in plain.items())
+
+
+def test_evaluation_during_training_checks_its_data_when_the_run_starts(tmp_path):
+    from llama3zh_dist.config import load_config
+    from llama3zh_dist.eval.in_training import TrainingEvaluator
+
+    cfg = load_config(["+experiment=quickstart", "eval.every_steps=5", f"eval.cmmlu.path={tmp_path / 'nowhere'}"])
+    with pytest.raises(UserError, match=r"eval\.cmmlu\.path=.*no such folder"):
+        TrainingEvaluator(cfg, tmp_path, rank=0, world_size=1, device="cpu")
+    off = TrainingEvaluator(load_config(["+experiment=quickstart", f"eval.cmmlu.path={tmp_path / 'nowhere'}"]),
+                            tmp_path, rank=0, world_size=1, device="cpu")
+    assert not off.due(5)  # eval.every_steps=0: nothing is read, nothing runs
+    on = TrainingEvaluator(load_config(["+experiment=quickstart", "eval.every_steps=5"]), tmp_path, rank=0,
+                           world_size=1, device="cpu")
+    assert on.due(10) and not on.due(7) and len(on.convs) == 30 and on.benches[0].name == "cmmlu"
