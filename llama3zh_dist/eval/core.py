@@ -17,7 +17,9 @@ from .runner import load_benchmarks, score_benchmarks, selected_benchmarks
 def load_model(folder: Path, cfg: DictConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     trust = bool(cfg.model.get("trust_remote_code", False))
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
     if torch.cuda.is_available():
