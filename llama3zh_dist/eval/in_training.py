@@ -72,6 +72,8 @@ class TrainingEvaluator:
         """Evaluate the engine's current weights; returns the flat ``eval/...`` figures (every rank)."""
         model = engine.module
         was_training = model.training
+        forwards = [0]
+        hook = model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
         engine.eval()
         try:
             items = score_benchmarks(model, self.tok, self.benches, self.cfg.eval, self.device, rank=self.rank,
@@ -83,12 +85,15 @@ class TrainingEvaluator:
                 generations = self._chat(model)
                 results["chat"] = summarize_chat(generations)
         finally:
+            hook.remove()
             if was_training:
                 engine.train()
+        per_rank = self._gather(forwards[0])  # equal by construction; shown so that a log proves it
         if self.rank == 0:
             out = self.run_dir / "eval" / f"step_{step}"
             write_outputs(out, results, items, generations)
-            print(f"eval at step {step} -> {out}\n{console_table(results)}", file=sys.stderr, flush=True)
+            print(f"eval at step {step} -> {out} (forward passes per rank: {per_rank})\n{console_table(results)}",
+                  file=sys.stderr, flush=True)
             if wandb_run is not None and generations:
                 from .chat_samples import wandb_table
 

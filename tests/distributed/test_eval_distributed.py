@@ -90,7 +90,12 @@ def test_training_logs_the_benchmark_figures_and_the_chat_table(trained):
     assert results["cmmlu"]["accuracy"] == pytest.approx(evals[-1]["eval/cmmlu"])
     tables = list((run / "wandb").glob("offline-run-*/files/media/table/eval/chat_samples*.table.json"))
     assert len(tables) == 2
-    assert "eval at step 60" in log
+    import re
+
+    counts = re.findall(r"eval at step (\d+) -> .* \(forward passes per rank: \[(\d+), (\d+)\]\)", log)
+    assert [c[0] for c in counts] == [str(EVERY), str(STEPS)], log[-3000:]
+    # 73 items on 2 ranks (37 + 36) and 5 chat turns (2 + 3): every rank made the same forward calls
+    assert all(a == b and int(a) >= 37 for _, a, b in counts), counts
 
 
 def test_model_trained_on_the_items_scores_them_and_is_near_chance_on_held_out_ones(trained):
