@@ -116,6 +116,8 @@ class SFTRecipe:
         deepspeed.init_distributed(dist_backend=cfg.cluster.backend, timeout=timeout)
         self.device = torch.device("cuda", self.local_rank) if device == "cuda" else torch.device("cpu")
         self._seed(int(cfg.trainer.seed) + self.rank)
+        from .eval.in_training import TrainingEvaluator  # checks benchmark data and prompts now, not at step N
+        self.evaluator = TrainingEvaluator(cfg, self.run_dir, rank=self.rank, world_size=self.world_size, device=self.device)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -211,6 +213,9 @@ class SFTRecipe:
             record = self._train_step(self.step)
             if int(t.eval_every) and self.step % int(t.eval_every) == 0 and self.val.available:
                 record.update(self.evaluate())
+            if self.evaluator.due(self.step):
+                self.watchdog.beat(f"evaluating benchmarks at step {self.step}", self.step)
+                record.update(self.evaluator.run(self.engine, self.step, self.metrics.wandb_run))
             self.metrics.log(record)
             self.watchdog.beat(f"after step {self.step}", self.step)
             if self.bad_steps_in_a_row >= int(t.max_bad_steps):

@@ -21,6 +21,7 @@ from .base import ConfigValueError
 from .cluster import ClusterConfig
 from .data import DataConfig
 from .deepspeed import DeepSpeedConfig
+from .eval import EvalConfig
 from .logger import LoggerConfig
 from .model import ModelConfig
 from .plan import PlanConfig
@@ -30,7 +31,7 @@ from .trainer import TrainerConfig
 # Config groups (conf/<group>/) whose base YAML extends ``schema``.
 GROUP_SCHEMAS = {
     "model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "cluster": ClusterConfig,
-    "deepspeed": DeepSpeedConfig, "logger": LoggerConfig,
+    "deepspeed": DeepSpeedConfig, "logger": LoggerConfig, "eval": EvalConfig,
 }
 # Sections of conf/config.yaml itself.
 ROOT_SCHEMAS = {"run": RunConfig, "checkpoint": CheckpointConfig, "export": ExportConfig, "chat": ChatConfig,

@@ -43,6 +43,7 @@ from omegaconf import DictConfig
 
 from ..config import load_config
 from ..errors import UserError, exits_cleanly_on_user_error
+from ..eval.sweep_metric import eval_metric_problems, is_eval_metric
 from .best_experiment import RUN_KEYS
 from .scheduling import _ray_init, _resources, _scheduler, _search_alg
 from .space import (_data_keys, _flat_points, data_combinations, flatten_space, param_overrides, prepared_dir,
@@ -68,12 +69,14 @@ def _check_trial_config(cfg: DictConfig, *, remote: bool) -> None:
     problems = preflight_problems(cfg)
     if remote:  # the trials run on the cluster's GPU nodes, not on this (driver) machine
         problems = [p for p in problems if not p.startswith("cluster.device=cuda but this machine has no CUDA GPU")]
-    if not int(cfg.trainer.eval_every) > 0:
+    if is_eval_metric(cfg.sweep.metric):  # benchmark figures: eval.every_steps matters, not the val split
+        problems += eval_metric_problems(cfg)
+    elif not int(cfg.trainer.eval_every) > 0:
         problems.append("trainer.eval_every must be > 0: trials report their validation loss at each evaluation")
     elif int(cfg.trainer.eval_every) > int(cfg.trainer.max_steps):
         problems.append(f"trainer.eval_every={cfg.trainer.eval_every} is above trainer.max_steps={cfg.trainer.max_steps}: "
                         "no trial would ever report a validation loss")
-    if not float(cfg.data.val_fraction) > 0:
+    if not is_eval_metric(cfg.sweep.metric) and not float(cfg.data.val_fraction) > 0:
         problems.append("data.val_fraction must be > 0: the sweep compares trials on the held-out validation split")
     if problems:
         raise UserError("this sweep cannot run:\n  - " + "\n  - ".join(problems))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ray.tune import Trainable
 
+from ..eval.sweep_metric import is_evaluation_record
 from .space import hydra_value, param_overrides, prepared_dir
 
 
@@ -69,7 +70,7 @@ def _error_summary(log: Path, code: int) -> str:
 
 def _result(rec: dict) -> dict:
     """What a trial reports to Tune from one evaluation line of ``metrics.jsonl``."""
-    return {k: v for k, v in rec.items() if k in ("step", "loss", "epoch") or k.startswith("val_")}
+    return {k: v for k, v in rec.items() if k in ("step", "loss", "epoch") or k.startswith(("val_", "eval/"))}
 
 
 class TrialRun(Trainable):
@@ -123,7 +124,7 @@ class TrialRun(Trainable):
 
     def _read(self) -> None:
         for rec in self.tail.records():
-            if "val_loss" not in rec or float(rec.get("time", self.t_launch)) < self.t_launch:
+            if not is_evaluation_record(rec) or float(rec.get("time", self.t_launch)) < self.t_launch:
                 continue  # not an evaluation, or one reported before an interruption
             if int(rec["step"]) <= self.last_step:
                 continue

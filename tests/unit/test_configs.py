@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Config groups chosen as `<group>=<option>`; `experiment` and `sweep` are added with `+`, and
 # cluster/slurm is an overlay (see its header), not a cluster choice.
-SELECTABLE = ["model", "data", "deepspeed", "trainer", "cluster", "logger"]
+SELECTABLE = ["model", "data", "deepspeed", "trainer", "cluster", "logger", "eval"]
 OVERLAYS = {("cluster", "slurm"): "+cluster@_global_=slurm"}
 # Options with required settings (`???`) that a user gives on the command line.
 REQUIRED = {("data", "files"): ["data.files=[data/sample/firefly.jsonl]", "data.format=firefly"]}
@@ -37,6 +37,8 @@ CONTRACT_KEYS = [
     "run.dir", "model.path", "data.out_dir", "data.max_seq_len", "data.packing", "data.max_reject_fraction",
     "trainer.max_steps", "trainer.seed", "trainer.lr", "checkpoint.every_steps", "cluster.nproc_per_node",
     "cluster.nodes", "export.dtype", "export.max_shard_size", "chat.prompt",
+    "eval.benchmarks", "eval.cmmlu.path", "eval.ceval.path", "eval.subjects", "eval.shots", "eval.chat_template",
+    "eval.every_steps", "eval.out_dir",
 ]
 
 
