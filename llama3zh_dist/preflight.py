@@ -120,6 +120,38 @@ def problems(cfg: DictConfig, *, world_size: int | None = None) -> list[str]:
     return out
 
 
+def data_repetition_problem(cfg: DictConfig, data_dir: Path) -> str | None:
+    """The run would show every training row more than ``trainer.max_epochs`` times.
+
+    Checked once the prepared dataset exists (its manifest counts the rows): a too-small dataset
+    (the bundled sample under an 8B recipe) would otherwise be memorised silently.
+    """
+    limit = cfg.trainer.get("max_epochs")
+    manifest = Path(data_dir) / "manifest.json"
+    if limit is None or not manifest.exists():
+        return None
+    import json
+
+    rows = int(json.loads(manifest.read_text()).get("counts", {}).get("rows", 0))
+    seen = int(cfg.trainer.max_steps) * int(cfg.trainer.global_batch_size)
+    epochs = seen / max(rows, 1)
+    if epochs <= float(limit):
+        return None
+    return (
+        f"the run would repeat its data {epochs:,.1f} times: trainer.max_steps={cfg.trainer.max_steps} x "
+        f"trainer.global_batch_size={cfg.trainer.global_batch_size} = {seen:,} rows, but the prepared dataset "
+        f"({data_dir}) has {rows:,} rows; trainer.max_epochs={limit} allows at most "
+        f"trainer.max_steps={max(1, int(float(limit) * rows) // int(cfg.trainer.global_batch_size))}. "
+        "Use more data (data=...), fewer steps, or raise trainer.max_epochs (null = no limit)"
+    )
+
+
+def check_data(cfg: DictConfig, data_dir: Path) -> None:
+    problem = data_repetition_problem(cfg, data_dir)
+    if problem:
+        raise UserError(problem)
+
+
 def check(cfg: DictConfig, *, world_size: int | None = None) -> None:
     found = problems(cfg, world_size=world_size)
     if len(found) == 1:
