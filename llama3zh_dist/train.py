@@ -322,7 +322,10 @@ class SFTRecipe:
         for k, (i, lg) in enumerate(zip(ids_list, logits_list)):
             ids[k, : len(i)] = i
             logits[k, : len(i)] = lg
-        return lambda path: save_file({"input_ids": ids, "logits": logits.contiguous(), "lengths": lengths}, str(path))
+        # The compute dtype tells the exporter how much rounding to expect (see export/logits_check.py).
+        meta = {"compute_dtype": str(self.cfg.model.dtype), "attn_implementation": str(self.cfg.model.attn_implementation)}
+        return lambda path: save_file({"input_ids": ids, "logits": logits.contiguous(), "lengths": lengths}, str(path),
+                                      metadata=meta)
 
     # ------------------------------------------------------------------------------------------
     def _seed(self, seed: int) -> None:

@@ -7,16 +7,17 @@ into place). ``python -m llama3zh_dist.export run.dir=... [export.step=N] [expor
 """
 
 from .core import (
-    LOGITS_TOLERANCE,
     check_complete_checkpoint,
     export_checkpoint,
     export_run,
     resolve_checkpoint,
 )
+from .logits_check import LIMITS, judge_logits
 from .wandb_log import log_export_to_wandb
 
 __all__ = [
-    "LOGITS_TOLERANCE",
+    "LIMITS",
+    "judge_logits",
     "check_complete_checkpoint",
     "export_checkpoint",
     "export_run",
