@@ -36,6 +36,7 @@ from .data.loader import StepBatches, ValidationBatches
 from .deepspeed_config import build_deepspeed_config, build_optimizer, model_config_of, start_lr_schedule, write_deepspeed_config
 from .errors import UserError
 from .metrics import MetricsLogger, peak_flops_per_device, train_flops_per_token
+from .quiet import silence_known_noise
 from .rank_guards import PreemptionSignals, Watchdog
 from .model import build_model, init_untrained_token_rows, supervised_loss_sum, supervised_token_losses
 
@@ -370,6 +371,7 @@ def _is_collective_failure(e: BaseException) -> bool:
 def run_rank(cfg: DictConfig, data_dir: Path) -> int:
     """Run this process's rank to the end; returns the exit code (0, or 75 after preemption)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    silence_known_noise()
     recipe = SFTRecipe(cfg, data_dir)
     recipe.setup()
     try:

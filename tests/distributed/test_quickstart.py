@@ -96,3 +96,11 @@ def test_export_loads_offline_and_its_chat_template_equals_training_tokens(quick
     new = out[0, ids["input_ids"].shape[1]:].tolist()
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     assert new[-1] == eot and eot not in new[:-1] and len(new) < 400
+
+
+def test_quickstart_console_shows_no_library_deprecation_noise(quickstart):
+    _, _, log = quickstart
+    assert "FutureWarning" not in log and "DeprecationWarning" not in log, log[:3000]
+    assert len(log.splitlines()) <= 300, len(log.splitlines())
+    assert "Setting accelerator to CPU" not in log
+    assert all(line in log for line in ("model: ", "checkpoint step_", "exported: "))
