@@ -41,6 +41,12 @@ def _model_path_problem(cfg: DictConfig) -> str | None:
         return None
     if local.is_absolute() or str(path).startswith((".", "~")) or str(path).count("/") != 1:
         return f"model.path={path} does not exist: set model.path to a local Hugging Face model folder"
+    if os.environ.get("SLURM_JOB_ID"):
+        # Every rank of every node would resolve the (gated) Hub repo and read the weights from the
+        # network or a per-user cache; a cluster job reads one local copy.
+        return (f"model.path={path} is a Hub id, but Slurm jobs need a local model folder: download it once "
+                f"(huggingface-cli download {path} --local-dir DIR, on a filesystem every node sees) and set "
+                "model.path=DIR")
     # A Hub id: usable if already in the local HF cache, or if the Hub can be reached.
     try:
         from huggingface_hub import try_to_load_from_cache

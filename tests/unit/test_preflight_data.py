@@ -61,3 +61,16 @@ def test_a_run_that_would_repeat_its_data_too_often_exits_2_before_any_rank_star
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "repeat its data 120.0 times" in err[0] and "trainer.max_epochs=3" in err[0], proc.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_slurm_jobs_require_a_local_model_folder(monkeypatch, tmp_path):
+    from llama3zh_dist.preflight import problems
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    cfg = load_config(["+experiment=full_sft", "data=sample", "model.path=meta-llama/Meta-Llama-3-8B"])
+    found = [p for p in problems(cfg) if p.startswith("model.path=")]
+    assert len(found) == 1 and "Slurm jobs need a local model folder" in found[0] and "--local-dir" in found[0]
+    (tmp_path / "config.json").write_text("{}")
+    local = load_config(["+experiment=full_sft", "data=sample", f"model.path={tmp_path}"])
+    assert not [p for p in problems(local) if p.startswith("model.path=")]
