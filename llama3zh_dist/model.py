@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,7 +36,7 @@ def build_model(cfg: DictConfig, ds_config: dict):
     makes ``from_pretrained`` create every parameter under ``deepspeed.zero.Init`` and scatter the
     checkpoint shards straight into the partitions.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
     # Import what the model needs before zero.Init patches tensor creation: importing
@@ -56,27 +54,16 @@ def build_model(cfg: DictConfig, ds_config: dict):
         torch.manual_seed(int(cfg.trainer.seed))
         model = AutoModelForCausalLM.from_config(hf_config_for_random_init(cfg), attn_implementation=attn, dtype=dtype)
     else:
-        from .pretrained import mapped_state_dict
-
-        local = Path(os.path.expanduser(str(cfg.model.path)))
-        # A local safetensors checkpoint is handed over memory-mapped (see pretrained.py); a Hub id
-        # goes through transformers' own reading.
-        state_dict = mapped_state_dict(local) if local.is_dir() else None
-        source = str(local) if local.is_dir() else str(cfg.model.path)
-        remote = bool(cfg.model.trust_remote_code)
-        if state_dict is None:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn,
-                                                         trust_remote_code=remote)
-        else:
-            # transformers takes a state dict only without a model name, so the class and config come
-            # from the folder first (and the Auto class would deep-copy its kwargs, tensors included).
-            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-            config = AutoConfig.from_pretrained(source, trust_remote_code=remote)
-            model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
-                None, config=config, state_dict=state_dict, dtype=dtype, attn_implementation=attn)
-        model._llama3zh_checkpoint_bytes = state_dict.nbytes if state_dict is not None else None
-        del state_dict  # unmaps the files
+        # transformers 5.x under ZeRO-3: every rank builds the partitioned model, rank 0 reads the
+        # safetensors files (memory-mapped: page cache, not anonymous memory) and scatters them layer
+        # by layer. Measured (bench/bench_pretrained_load.py): handing transformers our own
+        # memory-mapped state dict lowers rank 0's peak by nothing, so its path is kept.
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model.path,
+            dtype=dtype,
+            attn_implementation=attn,
+            trust_remote_code=bool(cfg.model.trust_remote_code),
+        )
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

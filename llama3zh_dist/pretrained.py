@@ -1,71 +1,23 @@
-"""Loading a pretrained checkpoint into ZeRO-3 partitions without a host copy of the whole model.
+"""How much host memory loading a pretrained checkpoint takes on this rank.
 
-With ZeRO-3, transformers 5.x has global rank 0 read every checkpoint tensor into host memory
-(``load_state_dict(map_location="cpu")``, 16 GB for 8B, 141 GB for 70B) and then scatter it layer
-by layer. transformers also accepts the state dict from the caller; here it is a dict of tensors
-that are memory-mapped views of the safetensors files (``torch.frombuffer`` over ``mmap``): rank 0
-reads each tensor from the page cache while its layer is being scattered, the other ranks touch
-only the shapes, and the pages are file-backed (reclaimable), not anonymous memory.
+Under ZeRO-3 transformers has global rank 0 read the checkpoint and scatter it layer by layer
+while the other ranks wait; on a node that also runs 7 other ranks that read is the host-memory
+peak of the job. Training logs the measured peak next to the checkpoint size.
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 import os
-import struct
 import threading
 import time
-import warnings
 from pathlib import Path
 
-import torch
 
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
-
-
-class MappedStateDict(dict):
-    """name -> tensor viewing the mapped file (each tensor keeps its mapping open)."""
-
-    nbytes: int = 0
-
-
-def safetensors_files(folder: Path) -> list[Path]:
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    single = folder / "model.safetensors"
-    return [single] if single.exists() else []
-
-
-def mapped_state_dict(folder: Path) -> MappedStateDict | None:
-    """The checkpoint in ``folder`` as memory-mapped tensors; None without safetensors files."""
-    files = safetensors_files(folder)
-    if not files:
-        return None
-    out = MappedStateDict()
-    for path in files:
-        with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        (header_len,) = struct.unpack("<Q", mm[:8])
-        header = json.loads(mm[8:8 + header_len])
-        base = 8 + header_len
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            begin, end = meta["data_offsets"]
-            dtype = _DTYPES[meta["dtype"]]
-            count = (end - begin) // torch.empty((), dtype=dtype).element_size()
-            # read-only mapping: torch warns that the buffer is not writable; the loader only reads it
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + begin) if count else torch.empty(0, dtype=dtype)
-            out[name] = t.view(meta["shape"])
-            out.nbytes += end - begin
-    return out
+def checkpoint_bytes(folder) -> int | None:
+    """Size of the safetensors weights in a local model folder (None for a Hub id)."""
+    folder = Path(os.path.expanduser(str(folder)))
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sum(f.stat().st_size for f in files) or None
 
 
 class HostMemoryPeak:

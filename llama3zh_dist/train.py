@@ -36,10 +36,10 @@ from .data.loader import StepBatches, ValidationBatches
 from .deepspeed_config import build_deepspeed_config, build_optimizer, model_config_of, start_lr_schedule, write_deepspeed_config
 from .errors import UserError
 from .metrics import MetricsLogger, peak_flops_per_device, train_flops_per_token
-from .pretrained import HostMemoryPeak
+from .model import build_model, init_untrained_token_rows, supervised_loss_sum, supervised_token_losses
+from .pretrained import HostMemoryPeak, checkpoint_bytes
 from .quiet import silence_known_noise
 from .rank_guards import PreemptionSignals, Watchdog
-from .model import build_model, init_untrained_token_rows, supervised_loss_sum, supervised_token_losses
 
 log = logging.getLogger("llama3zh_dist")
 
@@ -80,10 +80,12 @@ class SFTRecipe:
             self._copy_data_report()
 
         torch.manual_seed(int(cfg.trainer.seed))  # identical init on every rank
+        import transformers.models.llama.modeling_llama  # noqa: F401  (module imports are not the load)
+
         with HostMemoryPeak() as host:
             model = build_model(cfg, self.ds_config)
         if cfg.model.init == "pretrained":
-            size = getattr(model, "_llama3zh_checkpoint_bytes", None)
+            size = checkpoint_bytes(cfg.model.path)
             self._say(f"loaded {cfg.model.path}" + (f" ({size / 1e9:.2f} GB checkpoint)" if size else "")
                       + f": rank 0 host memory peak +{host.grew_by / 1e9:.2f} GB anonymous "
                       f"({host.peak_rss / 1e9:.2f} GB resident incl. mapped files)")
