@@ -55,9 +55,10 @@ def build_model(cfg: DictConfig, ds_config: dict):
         model = AutoModelForCausalLM.from_config(hf_config_for_random_init(cfg), attn_implementation=attn, dtype=dtype)
     else:
         # transformers 5.x under ZeRO-3: every rank builds the partitioned model, rank 0 reads the
-        # safetensors files (memory-mapped: page cache, not anonymous memory) and scatters them layer
-        # by layer. Measured (bench/bench_pretrained_load.py): handing transformers our own
-        # memory-mapped state dict lowers rank 0's peak by nothing, so its path is kept.
+        # safetensors files and scatters them layer by layer. Measured on 2 CPU ranks
+        # (bench/bench_pretrained_load.py): rank 0's anonymous memory peaks at ~1.45x the checkpoint
+        # (there its ZeRO partition and gather buffers are host memory too), and handing transformers
+        # a memory-mapped state dict of our own measured the same, so transformers' path is kept.
         model = AutoModelForCausalLM.from_pretrained(
             cfg.model.path,
             dtype=dtype,
