@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submit a training, a sweep or a data prep to a running Ray cluster as a Ray job.
 #
-#   launchers/ray_job_submit.sh train +experiment=full_sft          # one training (one node's GPUs)
+#   launchers/ray_job_submit.sh train +experiment=full_sft data=llama3_chinese_chat   # one training (one node's GPUs)
 #   launchers/ray_job_submit.sh sweep +sweep=lr_wd                  # Ray Tune sweep: trials placed by Ray
 #   launchers/ray_job_submit.sh prep data=files data.files=[a.jsonl] data.format=sharegpt
 #   RAY_ADDRESS=http://head:8265 RAY_NO_WAIT=1 launchers/ray_job_submit.sh sweep +sweep=lr_wd

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Local multi-GPU training with torchrun: one worker process per GPU, each run as its rank.
 #
-#   launchers/torchrun_local.sh +experiment=full_sft
-#   NPROC=4 launchers/torchrun_local.sh +experiment=full_sft trainer.global_batch_size=32
+#   launchers/torchrun_local.sh +experiment=full_sft data=llama3_chinese_chat
+#   NPROC=4 launchers/torchrun_local.sh +experiment=full_sft data=llama3_chinese_chat trainer.global_batch_size=32
 #   # several machines, static rendezvous (run on each, NODE_RANK=0..NNODES-1):
-#   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 MASTER_PORT=29500 launchers/torchrun_local.sh +experiment=full_sft
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 MASTER_PORT=29500 launchers/torchrun_local.sh +experiment=full_sft data=llama3_chinese_chat
 #
 # Arguments are Hydra overrides, as for `python -m llama3zh_dist`. The config is validated once
 # (pre-flight) before torchrun starts anything; rank 0 prepares the data if it is missing.

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import load_config
 from .errors import exits_cleanly_on_user_error
 from .launch import ensure_prepared_data, in_worker_mode, launch_local_ranks, node_rank
-from .preflight import check
+from .preflight import check, check_data
 
 
 @exits_cleanly_on_user_error
@@ -27,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         if data_dir is None:  # started by torchrun/srun directly: global rank 0 prepares
             check(cfg, world_size=world)
             data_dir = ensure_prepared_data(cfg, is_preparer=int(os.environ["RANK"]) == 0)
+            check_data(cfg, Path(data_dir))
         from .train import run_rank
 
         return run_rank(cfg, Path(data_dir))
     check(cfg)
     data_dir = ensure_prepared_data(cfg, is_preparer=node_rank(cfg) == 0)
+    check_data(cfg, Path(data_dir))
     return launch_local_ranks(cfg, argv, data_dir)
 
 

@@ -51,6 +51,9 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
+        group = re.match(r"You must specify '([\w/]+)'", str(e).strip())
+        if group:
+            raise UserError(_choose_group_message(group.group(1), overrides)) from None
         msg = str(e).strip().splitlines()
         raise UserError(f"bad command line {' '.join(overrides)!r}: {' '.join(msg[:3])}") from None
     finally:
@@ -71,6 +74,17 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     except ConfigValueError as e:
         raise UserError(f"{e.key}={e.value!r} is rejected: {e.reason}") from None
     return cfg
+
+
+def _choose_group_message(group: str, overrides: list[str]) -> str:
+    """An experiment that leaves a group to the user (``override /data: ???``) and no choice given."""
+    names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
+    if group == "data":
+        return ("no dataset chosen: " + " ".join(overrides) + " trains on the data you pick. Add "
+                "data=llama3_chinese_chat (the Chinese chat mixture, see conf/data/llama3_chinese_chat.yaml), "
+                "or data=files data.files=[a.jsonl,...] data.format=sharegpt|alpaca|zhihu|firefly|messages; "
+                f"configs in conf/data/: {', '.join(names)}")
+    return f"{' '.join(overrides)} needs a choice for {group}: add {group}=<name> ({', '.join(names)})"
 
 
 def redact(obj: Any) -> Any:

@@ -110,6 +110,8 @@ def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
     if cfg.cluster.device == "cpu":
         # Ranks share the cores: without this each rank starts as many threads as there are cores.
         base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        # The CPU is the intended accelerator here: DeepSpeed need not probe for GPUs and warn.
+        base.setdefault("DS_ACCELERATOR", "cpu")
     procs: list[subprocess.Popen] = []
     for local in range(nproc):
         env = dict(base)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from .data.loader import MicroBatch
@@ -55,6 +54,11 @@ def build_model(cfg: DictConfig, ds_config: dict):
         torch.manual_seed(int(cfg.trainer.seed))
         model = AutoModelForCausalLM.from_config(hf_config_for_random_init(cfg), attn_implementation=attn, dtype=dtype)
     else:
+        # transformers 5.x under ZeRO-3: every rank builds the partitioned model, rank 0 reads the
+        # safetensors files and scatters them layer by layer. Measured on 2 CPU ranks
+        # (bench/bench_pretrained_load.py): rank 0's anonymous memory peaks at ~1.45x the checkpoint
+        # (there its ZeRO partition and gather buffers are host memory too), and handing transformers
+        # a memory-mapped state dict of our own measured the same, so transformers' path is kept.
         model = AutoModelForCausalLM.from_pretrained(
             cfg.model.path,
             dtype=dtype,
@@ -127,28 +131,51 @@ def packed_attention_mask(model, position_ids: torch.Tensor) -> torch.Tensor | N
     return None
 
 
+def varlen_attention_kwargs(model, batch: MicroBatch, device: torch.device) -> dict:
+    """The sample boundaries of the packed row, for FlashAttention's varlen kernel.
+
+    transformers (>= 4.53) passes ``cu_seq_lens_q/k`` and ``max_length_q/k`` down to
+    ``_flash_attention_forward``, which then skips deriving them from ``position_ids`` in every
+    layer. Other attention implementations take the block mask instead (``packed_attention_mask``).
+    """
+    from transformers.utils.generic import is_flash_attention_requested
+
+    hf = getattr(model, "module", model)
+    if not is_flash_attention_requested(config=hf.config) or batch.cu_seq_lens is None:
+        return {}
+    cu = batch.cu_seq_lens.to(device, non_blocking=True)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": batch.max_length, "max_length_k": batch.max_length}
+
+
 def supervised_loss_sum(model, batch: MicroBatch, device: torch.device) -> torch.Tensor:
     """Sum of token cross-entropies over the supervised positions of ``batch``.
 
-    The micro-batch is one packed row; ``packed_attention_mask`` keeps its samples apart, so the
-    loss equals the sum of the samples' losses computed one by one.
-
-    ``logits_to_keep`` (a boolean mask) makes the model project only the hidden states whose next
-    token is a label onto the 128,256-id vocabulary: the full logits tensor, the largest
-    activation of the step, is never built for prompt tokens.
+    The micro-batch is one packed row; ``packed_attention_mask`` / the varlen boundaries keep its
+    samples apart, so the loss equals the sum of the samples' losses computed one by one.
     """
-    return supervised_token_losses(model, batch, device).sum()
+    return _forward_losses(model, batch, device, summed=True).reshape(())
 
 
 def supervised_token_losses(model, batch: MicroBatch, device: torch.device) -> torch.Tensor:
-    """Cross-entropy of every supervised position of ``batch`` (the forward of the loss above)."""
+    """Cross-entropy of every supervised position of ``batch`` (fp32, in order)."""
+    return _forward_losses(model, batch, device, summed=False).reshape(-1)
+
+
+def _forward_losses(model, batch: MicroBatch, device: torch.device, *, summed: bool) -> torch.Tensor:
+    """``logits_to_keep`` (a boolean mask) makes the model apply its head only to the hidden states
+    whose next token is a label, and ``loss_head`` turns that head into the chunked cross-entropy:
+    neither the prompt tokens' logits nor the full fp32 logits of the kept ones ever exist."""
+    from .loss import loss_head
+
     position_ids = batch.position_ids.to(device)
-    out = model(
-        input_ids=batch.input_ids.to(device),
-        position_ids=position_ids,
-        attention_mask=packed_attention_mask(model, position_ids),
-        logits_to_keep=batch.logits_mask.to(device),
-        use_cache=False,
-    )
-    logits = out.logits.reshape(-1, out.logits.shape[-1])
-    return F.cross_entropy(logits.float(), batch.targets.to(device), reduction="none")
+    hf = getattr(model, "module", model)
+    with loss_head(hf, batch.targets.to(device), summed=summed):
+        out = model(
+            input_ids=batch.input_ids.to(device),
+            position_ids=position_ids,
+            attention_mask=packed_attention_mask(model, position_ids),
+            logits_to_keep=batch.logits_mask.to(device),
+            use_cache=False,
+            **varlen_attention_kwargs(model, batch, device),
+        )
+    return out.logits

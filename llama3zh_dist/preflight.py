@@ -41,6 +41,12 @@ def _model_path_problem(cfg: DictConfig) -> str | None:
         return None
     if local.is_absolute() or str(path).startswith((".", "~")) or str(path).count("/") != 1:
         return f"model.path={path} does not exist: set model.path to a local Hugging Face model folder"
+    if os.environ.get("SLURM_JOB_ID"):
+        # Every rank of every node would resolve the (gated) Hub repo and read the weights from the
+        # network or a per-user cache; a cluster job reads one local copy.
+        return (f"model.path={path} is a Hub id, but Slurm jobs need a local model folder: download it once "
+                f"(huggingface-cli download {path} --local-dir DIR, on a filesystem every node sees) and set "
+                "model.path=DIR")
     # A Hub id: usable if already in the local HF cache, or if the Hub can be reached.
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -126,6 +132,38 @@ def problems(cfg: DictConfig, *, world_size: int | None = None) -> list[str]:
     if memory:
         out.append(memory)
     return out
+
+
+def data_repetition_problem(cfg: DictConfig, data_dir: Path) -> str | None:
+    """The run would show every training row more than ``trainer.max_epochs`` times.
+
+    Checked once the prepared dataset exists (its manifest counts the rows): a too-small dataset
+    (the bundled sample under an 8B recipe) would otherwise be memorised silently.
+    """
+    limit = cfg.trainer.get("max_epochs")
+    manifest = Path(data_dir) / "manifest.json"
+    if limit is None or not manifest.exists():
+        return None
+    import json
+
+    rows = int(json.loads(manifest.read_text()).get("counts", {}).get("rows", 0))
+    seen = int(cfg.trainer.max_steps) * int(cfg.trainer.global_batch_size)
+    epochs = seen / max(rows, 1)
+    if epochs <= float(limit):
+        return None
+    return (
+        f"the run would repeat its data {epochs:,.1f} times: trainer.max_steps={cfg.trainer.max_steps} x "
+        f"trainer.global_batch_size={cfg.trainer.global_batch_size} = {seen:,} rows, but the prepared dataset "
+        f"({data_dir}) has {rows:,} rows; trainer.max_epochs={limit} allows at most "
+        f"trainer.max_steps={max(1, int(float(limit) * rows) // int(cfg.trainer.global_batch_size))}. "
+        "Use more data (data=...), fewer steps, or raise trainer.max_epochs (null = no limit)"
+    )
+
+
+def check_data(cfg: DictConfig, data_dir: Path) -> None:
+    problem = data_repetition_problem(cfg, data_dir)
+    if problem:
+        raise UserError(problem)
 
 
 def check(cfg: DictConfig, *, world_size: int | None = None) -> None:

@@ -18,9 +18,7 @@ import logging
 import math
 import os
 import random
-import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -32,13 +30,17 @@ from omegaconf import DictConfig
 
 from . import EXIT_REQUEUE
 from .checkpoint import CheckpointManager
+from .collectives import Collectives, training_device
 from .config import save_config
 from .data.loader import StepBatches, ValidationBatches
-from .deepspeed_config import build_deepspeed_config, start_lr_schedule
+from .deepspeed_config import build_deepspeed_config, build_optimizer, model_config_of, start_lr_schedule, write_deepspeed_config
 from .errors import UserError
 from .flops import ModelShape, micro_batch_flops
 from .metrics import MetricsLogger, peak_flops_per_device
 from .model import build_model, init_untrained_token_rows, supervised_loss_sum, supervised_token_losses
+from .pretrained import HostMemoryPeak, checkpoint_bytes
+from .quiet import silence_known_noise
+from .rank_guards import PreemptionSignals, Watchdog
 
 log = logging.getLogger("llama3zh_dist")
 
@@ -49,50 +51,6 @@ REFERENCE_PROMPTS = [
 ]
 
 
-class _Watchdog:
-    """Ends a rank that has made no progress for longer than the collective timeout.
-
-    The rank waiting in a collective for a hung peer gets a timeout error from the process group;
-    the hung rank itself (stuck in compute, I/O, or a collective that never times out) is ended
-    here, a few seconds later, with its last completed step in the log. Either way every rank
-    exits non-zero and the launcher (or srun) ends the job.
-    """
-
-    GRACE_S = 10.0  # the peers' collective timeout should speak first
-
-    def __init__(self, rank: int, timeout_s: float):
-        self.rank, self.limit = rank, timeout_s + self.GRACE_S
-        self.completed, self.doing, self.last = 0, "starting", time.monotonic()
-        self.armed = False
-        threading.Thread(target=self._run, name="llama3zh-watchdog", daemon=True).start()
-
-    def beat(self, doing: str, completed: int | None = None) -> None:
-        self.last, self.doing, self.armed = time.monotonic(), doing, True
-        if completed is not None:
-            self.completed = completed
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(min(5.0, max(0.5, self.limit / 10)))
-            idle = time.monotonic() - self.last
-            if self.armed and idle > self.limit:
-                print(f"rank {self.rank}: no progress for {idle:.0f}s (cluster.timeout_minutes) while "
-                      f"{self.doing}; last completed step {self.completed}; exiting", file=sys.stderr, flush=True)
-                os._exit(1)
-
-
-class _Signals:
-    """SIGUSR1/SIGTERM only set a flag here; ranks agree on it at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):  # no I/O in a signal handler
-        self.requested = True
-
-
 class SFTRecipe:
     def __init__(self, cfg: DictConfig, data_dir: Path):
         self.cfg = cfg
@@ -101,39 +59,48 @@ class SFTRecipe:
         self.rank = int(os.environ["RANK"])
         self.world_size = int(os.environ["WORLD_SIZE"])
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.signals = _Signals()
-        self.watchdog = _Watchdog(self.rank, 60 * float(cfg.cluster.timeout_minutes))
+        self.signals = PreemptionSignals()
+        self.watchdog = Watchdog(self.rank, 60 * float(cfg.cluster.timeout_minutes))
 
     # ------------------------------------------------------------------------------------------
     def setup(self) -> None:
         import deepspeed
 
         cfg = self.cfg
-        device = cfg.cluster.device
-        if device == "cuda":
-            torch.cuda.set_device(self.local_rank)
+        self.device = training_device(cfg.cluster.device, self.local_rank)  # before NCCL starts
         timeout = datetime.timedelta(minutes=float(cfg.cluster.timeout_minutes))
         deepspeed.init_distributed(dist_backend=cfg.cluster.backend, timeout=timeout)
-        self.device = torch.device("cuda", self.local_rank) if device == "cuda" else torch.device("cpu")
+        self.comm = Collectives(self.device)
         self._seed(int(cfg.trainer.seed) + self.rank)
+        gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.cluster.nproc_per_node))
+        self.ds_config = build_deepspeed_config(cfg, self.world_size, model_config_of(cfg), gpus_per_node)
         from .eval.in_training import TrainingEvaluator  # checks benchmark data and prompts now, not at step N
         self.evaluator = TrainingEvaluator(cfg, self.run_dir, rank=self.rank, world_size=self.world_size, device=self.device)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+            write_deepspeed_config(self.ds_config, self.run_dir)
             self._copy_data_report()
 
-        self.ds_config = build_deepspeed_config(cfg, self.world_size)
         torch.manual_seed(int(cfg.trainer.seed))  # identical init on every rank
-        model = build_model(cfg, self.ds_config)
+        import transformers.models.llama.modeling_llama  # noqa: F401  (module imports are not the load)
+
+        with HostMemoryPeak() as host:
+            model = build_model(cfg, self.ds_config)
+        if cfg.model.init == "pretrained":
+            size = checkpoint_bytes(cfg.model.path)
+            self._say(f"loaded {cfg.model.path}" + (f" ({size / 1e9:.2f} GB checkpoint)" if size else "")
+                      + f": rank 0 host memory peak +{host.grew_by / 1e9:.2f} GB anonymous "
+                      f"({host.peak_rss / 1e9:.2f} GB resident incl. mapped files)")
         if cfg.model.init_special_token_rows:
             changed = init_untrained_token_rows(model, rank=self.rank)
             self._say(f"untrained embedding rows initialised from the mean embedding: {len(changed)}"
                       + (f" (ids {changed[:12]}{'...' if len(changed) > 12 else ''})" if changed else ""))
         self.hf_config = model.config
         self.n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+        groups = self._param_groups(model)
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=self._param_groups(model), config=self.ds_config
+            model=model, optimizer=build_optimizer(cfg, groups), model_parameters=groups, config=self.ds_config
         )
         start_lr_schedule(self.engine.lr_scheduler)
         local = sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))
@@ -231,13 +198,13 @@ class SFTRecipe:
     def _train_step(self, step: int) -> dict:
         t0 = time.time()
         micro = self.batches.micro_batches(step)
-        counts = torch.tensor([sum(m.supervised_tokens for m in micro), sum(m.tokens for m in micro),
-                               micro_batch_flops(ModelShape.from_config(self.hf_config), micro)], dtype=torch.float64)
-        dist.all_reduce(counts)
-        global_sup = max(float(counts[0]), 1.0)
+        shape = ModelShape.from_config(self.hf_config)
+        counts = self.comm.sum([sum(m.supervised_tokens for m in micro), sum(m.tokens for m in micro),
+                                micro_batch_flops(shape, micro)])
+        global_sup = max(counts[0], 1.0)
         lr = float(self.engine.get_lr()[0])  # the rate this step's update uses (the scheduler steps after it)
         self.engine.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        loss_sum = 0.0
         for m in micro:
             s = supervised_loss_sum(self.engine, m, self.device)
             if self._inject_nan(step):
@@ -246,10 +213,9 @@ class SFTRecipe:
             # supervised token of the global batch (all micro-batches of all ranks).
             self.engine.backward(s * (self.world_size / global_sup), scale_wrt_gas=False)
             self.engine.step()
-            loss_sum += s.detach().double().cpu()
-        totals = torch.stack([loss_sum, torch.tensor(0.0 if torch.isfinite(loss_sum) else 1.0, dtype=torch.float64)])
-        dist.all_reduce(totals)
-        loss = float(totals[0]) / global_sup
+            loss_sum += float(s.detach())
+        totals = self.comm.sum([loss_sum, 0.0 if math.isfinite(loss_sum) else 1.0])
+        loss = totals[0] / global_sup
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         applied = bool(getattr(self.engine, "_step_applied", True)) and totals[1] == 0 and math.isfinite(grad_norm)
@@ -297,8 +263,7 @@ class SFTRecipe:
                 acc = sums.setdefault(src, [0.0, 0.0])
                 acc[0] += loss
                 acc[1] += n
-        gathered: list[dict] = [None] * self.world_size  # type: ignore[list-item]
-        dist.all_gather_object(gathered, sums)
+        gathered = self.comm.gather_objects(sums)
         total: dict[str, list[float]] = {}
         for part in gathered:
             for src, (loss, n) in part.items():
@@ -318,9 +283,8 @@ class SFTRecipe:
         """One all-reduce per step: any rank preempted? Is a time-based checkpoint due?"""
         minutes = float(self.cfg.checkpoint.every_minutes)
         due = minutes > 0 and time.time() - self.last_ckpt_time >= minutes * 60 and self.step > 0
-        flags = torch.tensor([float(self.signals.requested), float(due)])
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+        preempt, time_due = self.comm.max([float(self.signals.requested), float(due)])
+        return preempt > 0, time_due > 0
 
     # ------------------------------------------------------------------------------------------
     def save_checkpoint(self, final: bool = False) -> None:
@@ -344,10 +308,9 @@ class SFTRecipe:
         self._say(f"checkpoint step_{self.step} complete ({time.time() - t0:.1f}s)")
 
     def _weights_finite(self) -> bool:
-        ok = all(torch.isfinite(p.ds_tensor).all() for p in self.engine.module.parameters() if hasattr(p, "ds_tensor"))
-        flag = torch.tensor([0.0 if ok else 1.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() == 0
+        checks = [torch.isfinite(p.ds_tensor).all() for p in self.engine.module.parameters() if hasattr(p, "ds_tensor")]
+        ok = bool(torch.stack(checks).all()) if checks else True  # one device sync, not one per tensor
+        return not self.comm.any(not ok)
 
     def _reference_logits_writer(self):
         """Logits of REFERENCE_PROMPTS from the trained model (computed by all ranks now)."""
@@ -374,7 +337,10 @@ class SFTRecipe:
         for k, (i, lg) in enumerate(zip(ids_list, logits_list)):
             ids[k, : len(i)] = i
             logits[k, : len(i)] = lg
-        return lambda path: save_file({"input_ids": ids, "logits": logits.contiguous(), "lengths": lengths}, str(path))
+        # The compute dtype tells the exporter how much rounding to expect (see export/logits_check.py).
+        meta = {"compute_dtype": str(self.cfg.model.dtype), "attn_implementation": str(self.cfg.model.attn_implementation)}
+        return lambda path: save_file({"input_ids": ids, "logits": logits.contiguous(), "lengths": lengths}, str(path),
+                                      metadata=meta)
 
     # ------------------------------------------------------------------------------------------
     def _seed(self, seed: int) -> None:
@@ -419,13 +385,14 @@ def _is_collective_failure(e: BaseException) -> bool:
 def run_rank(cfg: DictConfig, data_dir: Path) -> int:
     """Run this process's rank to the end; returns the exit code (0, or 75 after preemption)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    silence_known_noise()
     recipe = SFTRecipe(cfg, data_dir)
     recipe.setup()
     try:
         code = recipe.train()
         finished = code == 0
         if dist.is_initialized():
-            dist.barrier()
+            recipe.comm.barrier()
             dist.destroy_process_group()
         if finished and recipe.rank == 0 and cfg.export.enabled:
             _export_after_training(recipe)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Multi-node training under Slurm, with preemption, requeue and auto-resume.
 #
-#   sbatch slurm/train.sh +experiment=full_sft                       # 2 nodes x 8 GPUs (defaults below)
-#   sbatch --nodes=8 slurm/train.sh +experiment=full_sft_70b
+#   sbatch slurm/train.sh +experiment=full_sft data=llama3_chinese_chat model.path=/models/Meta-Llama-3-8B   # 2 nodes x 8 GPUs
+#   sbatch --nodes=8 slurm/train.sh +experiment=full_sft_70b data=llama3_chinese_chat model.path=/models/Meta-Llama-3-70B
 #   sbatch --nodes=2 --gpus-per-node=0 slurm/train.sh +experiment=quickstart cluster.nproc_per_node=1
 #
 # Submit from the repository root (or set LLAMA3ZH_HOME). Every argument is a Hydra override, exactly

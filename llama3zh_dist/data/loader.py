@@ -45,6 +45,10 @@ class MicroBatch:
     targets: torch.Tensor  # [n_supervised] int64: the labels predicted at logits_mask positions
     sample_ids: list[str]
     sources: list[str]
+    # Varlen attention boundaries, once per micro-batch (FlashAttention would otherwise derive them
+    # from the position_ids restarts in every layer, with a host sync each time):
+    cu_seq_lens: torch.Tensor | None = None  # [n_samples + 1] int32: start of each sample, then T
+    max_length: int = 0  # longest sample, as a Python int
 
     @property
     def tokens(self) -> int:
@@ -63,6 +67,8 @@ def collate(rows: list[dict]) -> MicroBatch:
     # label -100, so shifting across a sample boundary never creates a cross-sample target.
     shifted = np.append(labels[1:], IGNORE_INDEX)
     mask = shifted != IGNORE_INDEX
+    starts = np.flatnonzero(pos == 0)
+    cu_seq_lens = np.append(starts, len(pos)).astype(np.int32)
     sample_ids = [s for r in rows for s in r["sample_ids"]]
     sources = [s for r in rows for s in (r.get("sources") or [r.get("source")] * len(r["sample_ids"]))]
     return MicroBatch(
@@ -72,6 +78,8 @@ def collate(rows: list[dict]) -> MicroBatch:
         targets=torch.from_numpy(shifted[mask]),
         sample_ids=sample_ids,
         sources=[s for s in sources if s is not None],
+        cu_seq_lens=torch.from_numpy(cu_seq_lens),
+        max_length=int(np.diff(cu_seq_lens).max()) if len(cu_seq_lens) > 1 else 0,
     )
 
 

@@ -13,11 +13,12 @@ from .core import (
     export_run_summary,
     resolve_checkpoint,
 )
-from .verify import LOGITS_TOLERANCE
+from .logits_check import LIMITS, judge_logits
 from .wandb_log import log_export_to_wandb
 
 __all__ = [
-    "LOGITS_TOLERANCE",
+    "LIMITS",
+    "judge_logits",
     "check_complete_checkpoint",
     "export_checkpoint",
     "export_run",

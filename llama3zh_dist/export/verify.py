@@ -17,14 +17,8 @@ from llama3zh_dist.checkpoint_layout import MARKER
 from llama3zh_dist.errors import UserError
 from llama3zh_dist.fileio import sha256_file
 
-from .hf_files import DTYPE_NAMES
+from .hf_files import DTYPES
 from .safetensors_stream import SAFETENSORS_DTYPES, Shard
-
-# Logits of the exported model against the trained fp32 model's, on the reference prompts:
-# max |exported - reference| <= TOL * max(1, max |reference|). bf16 keeps 8 mantissa bits (relative
-# rounding 2^-9 per weight), fp16 11 bits; the errors of many layers add up, hence the margins.
-LOGITS_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
 
 def verify_source_checksums(ckpt_dir: pathlib.Path, info: dict, workers: int) -> None:
     files = info.get("files") or {}
@@ -161,6 +155,7 @@ class _RowSlice:
 def _verify_logits(tmp: pathlib.Path, shards: list[Shard], ref_path: pathlib.Path, dtype: torch.dtype, skel) -> dict:
     from safetensors.torch import load_file
 
+    from .logits_check import governing_dtype, judge_logits
     from .model_meta import streaming_logits
 
     ref = load_file(str(ref_path))
@@ -179,20 +174,21 @@ def _verify_logits(tmp: pathlib.Path, shards: list[Shard], ref_path: pathlib.Pat
     # causal, so the real positions of each prompt do not see it
     n_real = [int(lengths[i]) if lengths is not None else ids.shape[1] for i in range(ids.shape[0])]
     got_all = streaming_logits(skel, get_slice, ids[:, :max(n_real)], dtype)
-    worst, scale = 0.0, 0.0
-    agree, total = 0, 0
-    for i, n in enumerate(n_real):
-        got, exp = got_all[i, :n], want[i, :n]
-        worst = max(worst, float((got - exp).abs().max()))
-        scale = max(scale, float(exp.abs().max()))
-        agree += int((got.argmax(-1) == exp.argmax(-1)).sum())
-        total += n
     for h in handles.values():
         h.close()
-    tol = LOGITS_TOLERANCE[dtype] * max(1.0, scale)
-    result = {"max_abs_diff": worst, "tolerance": tol, "max_abs_reference": scale,
-              "argmax_agreement": agree / max(1, total), "prompts": int(ids.shape[0])}
-    if not worst <= tol:
-        raise RuntimeError(f"export verification failed: logits differ from the trained model's by {worst:.3g} "
-                           f"(tolerance for {DTYPE_NAMES[dtype]}: {tol:.3g})")
+    # The reference records the dtype the trained model computed it in (older ones do not).
+    ref_dtype = DTYPES.get(_reference_dtype_name(ref_path) or "", None)
+    result = judge_logits([got_all[i, :n] for i, n in enumerate(n_real)], [want[i, :n] for i, n in enumerate(n_real)],
+                          governing_dtype(dtype, ref_dtype))
+    result["prompts"] = int(ids.shape[0])
+    if result["failures"]:
+        raise RuntimeError("export verification failed: logits differ from the trained model's: "
+                           + "; ".join(result["failures"]))
     return result
+
+
+def _reference_dtype_name(ref_path: pathlib.Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(ref_path), framework="pt") as f:
+        return (f.metadata() or {}).get("compute_dtype")

@@ -12,6 +12,7 @@ import copy
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..deepspeed_config import build_deepspeed_config
+from ..loss import CHUNK_TOKENS
 from ..errors import UserError
 from ..gpus import GPU, attached_gpu, by_name, known_names
 from .memory import DTYPE_BYTES, GIB, ZeroSettings, activations, loss_buffer, model_states, zero_buffers
@@ -45,7 +46,7 @@ def memory(cfg: DictConfig, shape, ds: dict, gpu: GPU | None, world: int) -> dic
     bufs = zero_buffers(shape, z)
     tokens = int(cfg.trainer.micro_batch_size) * int(cfg.data.max_seq_len)
     act = activations(shape, tokens, p, cfg.model.attn_implementation, bool(cfg.model.gradient_checkpointing))
-    loss = loss_buffer(shape, int(tokens * float(cfg.plan.peak_supervised_share)), p)
+    loss = loss_buffer(shape, int(tokens * float(cfg.plan.peak_supervised_share)), p, chunk=CHUNK_TOKENS)
     model_states_bytes = states["parameters"] + states["gradients_and_optimizer"] + states["largest_layer_gathered"]
     buffers = sum(bufs.values())
     # Activations and the loss peak at different moments: the layers' backward comes after the loss.
@@ -77,7 +78,7 @@ def make_plan(cfg: DictConfig) -> dict:
 
     world = int(cfg.cluster.nodes) * int(cfg.cluster.nproc_per_node)
     shape, shape_source = model_shape(cfg)
-    ds = build_deepspeed_config(cfg, world)
+    ds = build_deepspeed_config(cfg, world, shape)  # sized from the same shape (no weights needed)
     gpu = plan_gpu(cfg)
     mem = memory(cfg, shape, ds, gpu, world)
     total = mem["per_gpu_bytes"]["total"]
@@ -132,7 +133,7 @@ def cheapest_changes(cfg: DictConfig, limit: int = 4) -> list[str]:
     def fits(c: DictConfig) -> int | None:
         world = int(c.cluster.nodes) * int(c.cluster.nproc_per_node)
         shape, _ = model_shape(c)
-        total = memory(c, shape, build_deepspeed_config(c, world), gpu, world)["per_gpu_bytes"]["total"]
+        total = memory(c, shape, build_deepspeed_config(c, world, shape), gpu, world)["per_gpu_bytes"]["total"]
         return total if total <= gpu.memory_bytes else None
 
     for text, changes, cost in REMEDIES:

@@ -38,6 +38,7 @@ class ZeroSettings:
     prefetch_bucket: int
     reduce_bucket: int
     max_live_parameters: int
+    hpz_partition: int = 1
 
     @classmethod
     def from_ds_config(cls, ds: dict, model_dtype: str) -> "ZeroSettings":
@@ -55,6 +56,7 @@ class ZeroSettings:
             prefetch_bucket=int(z.get("stage3_prefetch_bucket_size", 0)),
             reduce_bucket=int(z.get("reduce_bucket_size", 0)),
             max_live_parameters=int(z.get("stage3_max_live_parameters", 0)),
+            hpz_partition=int(z.get("zero_hpz_partition_size", 1) or 1),
         )
 
     @property
@@ -93,7 +95,11 @@ def model_states(shape: ModelShape, z: ZeroSettings, world: int) -> dict[str, in
 def zero_buffers(shape: ModelShape, z: ZeroSettings) -> dict[str, int]:
     """Whole small parameters kept on every rank, prefetched parameters and gradient buckets."""
     persistent = sum(n for n in parameter_sizes(shape) if n <= z.persistence_threshold)
+    # ZeRO++ hpZ keeps a second copy of the weights partitioned over the GPUs of one node only, so
+    # that the backward's all-gathers stay on NVLink (params / GPUs per node, parameter dtype).
+    hpz = z.param_bytes * sum(math.ceil(n / z.hpz_partition) for n in parameter_sizes(shape)) if z.hpz_partition > 1 else 0
     return {
+        "hpz_secondary_weights": hpz,
         "persistent_parameters": z.param_bytes * persistent,
         "prefetch_bucket": z.param_bytes * z.prefetch_bucket,
         # contiguous_gradients bucket (parameter dtype) and its reduce-scatter copy (communication dtype)
@@ -137,14 +143,24 @@ def activations(shape: ModelShape, tokens: int, p: int, attn: str, checkpointing
     return {"peak": at_loss + hidden_grads + 2 * p * shape.intermediate_size * T, "at_loss": at_loss}
 
 
-def loss_buffer(shape: ModelShape, supervised: int, p: int) -> int:
-    """Logits of the supervised positions and cross-entropy, unchunked.
+def loss_buffer(shape: ModelShape, supervised: int, p: int, chunk: int | None = None) -> int:
+    """The loss head over the kept (supervised) hidden states.
 
-    The kept hidden states (p x S x h) feed lm_head; the logits (p x S x V) are copied to fp32 for
-    the loss (unless already fp32) and log-softmax keeps its fp32 output; the backward holds three
-    fp32 [S, V] tensors at once (saved output, incoming and outgoing gradient).
+    ``chunk`` (training's default, ``loss.CHUNK_TOKENS``): the chunked cross-entropy keeps only the
+    hidden states, per-token losses and log-sum-exps; a chunk's logits (p x c x V), their fp32 copy
+    and the fp32 softmax exist one chunk at a time, and the backward adds the full lm_head weight
+    gradient (p x V x h) and the hidden-state gradient (p x S x h).
+    ``chunk=None``: logits of every supervised position at once, copied to fp32 for the loss (unless
+    already fp32) with log-softmax keeping its fp32 output; the backward holds three fp32 [S, V]
+    tensors at once (saved output, incoming and outgoing gradient).
     """
-    S, V = supervised, shape.vocab_size
+    S, V, h = supervised, shape.vocab_size, shape.hidden_size
+    kept = p * S * h
+    if chunk:
+        c = min(S, int(chunk))
+        forward = p * c * V + 2 * 4 * c * V
+        backward = p * c * V + 4 * c * V + p * c * V + p * V * h + p * S * h
+        return kept + 2 * 4 * S + max(forward, backward)
     forward = p * S * V + (4 * S * V if p != 4 else 0) + 4 * S * V
     backward = 3 * 4 * S * V
-    return p * S * shape.hidden_size + max(forward, backward)
+    return kept + max(forward, backward)

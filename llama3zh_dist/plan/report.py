@@ -10,8 +10,8 @@ from .memory import GIB
 SOURCES = {
     "model_states": "ZeRO-3 partitions + largest layer gathered (= DeepSpeed's estimator)",
     "activations": "per layer, tensor by tensor (Korthikanti et al. 2022, adapted to Llama)",
-    "loss": "supervised logits + fp32 cross-entropy, unchunked",
-    "buffers": "persistent params, prefetch and reduce buckets",
+    "loss": "supervised hidden states + chunked fp32 cross-entropy (loss.CHUNK_TOKENS rows of logits)",
+    "buffers": "hpZ weight copy, persistent params, prefetch and reduce buckets",
     "overhead": "CUDA context, NCCL, allocator (plan.overhead_gib + plan.fragmentation)",
 }
 
@@ -29,7 +29,7 @@ def breakdown_lines(plan: dict) -> list[str]:
     lines = [f"{k:<13}{_gib(b[k])}   {SOURCES[k]}" for k in SOURCES]
     lines.insert(1, f"  of which: parameters {_short(d['parameters_gpu'])}, gradients+optimizer "
                     f"{_short(d['gradients_and_optimizer'])}, largest layer gathered {_short(d['largest_layer_gathered'])}")
-    lines.insert(5, f"  of which: persistent parameters {_short(d['persistent_parameters'])}, prefetch "
+    lines.insert(5, f"  of which: hpZ weights {_short(d.get('hpz_secondary_weights', 0))}, persistent parameters {_short(d['persistent_parameters'])}, prefetch "
                     f"{_short(d['prefetch_bucket'])}, reduce buckets {_short(d['reduce_buckets'])} (stage3_max_live_parameters "
                     f"would allow up to {_short(d['max_live_parameters_bound'])} gathered)")
     lines.append(f"{'total':<13}{_gib(b['total'])}   (activations and loss peak at different moments: the larger phase counts)")

@@ -29,12 +29,20 @@ class DeepSpeedConfig:
     stage3_max_live_parameters: float = 1.0e9
     stage3_max_reuse_distance: float = 1.0e9
     sub_group_size: float = 1.0e9
+    optimizer: str = "torch"
+    """torch: torch's AdamW, fused on CUDA (ships compiled); deepspeed: DeepSpeed's FusedAdam (JIT-built on every node)."""
+    reduce_dtype: str = "fp32"
+    """Gradient reduce-scatter dtype under bf16 (accumulation is always fp32): fp32, or bf16 for half the traffic."""
+    hierarchical_partitioning: bool = True
+    """Multi-node: ZeRO++ hpZ, a weight copy per node, so weight all-gathers stay on NVLink."""
 
     def __post_init__(self):
         require(self.stage == 3, "stage", self.stage,
                 "the checkpoint, export and resume code is built for ZeRO-3 partitions")
         one_of("offload_optimizer", self.offload_optimizer, ("none", "cpu"))
         one_of("offload_param", self.offload_param, ("none", "cpu"))
+        one_of("optimizer", self.optimizer, ("torch", "deepspeed"))
+        one_of("reduce_dtype", self.reduce_dtype, ("fp32", "bf16"))
         for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
             _auto_or_positive(key, getattr(self, key))
         for key in ("stage3_max_live_parameters", "stage3_max_reuse_distance", "sub_group_size"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from .base import require
 
@@ -14,6 +14,8 @@ class TrainerConfig:
     """Seeds the model init, the data order and every rank's RNG."""
     max_steps: int = 1000
     """Optimizer steps to run; the LR schedule spans exactly these."""
+    max_epochs: Optional[float] = 5
+    """Pre-flight refuses a run that shows its data more often than this (null = no limit)."""
     lr: float = 1.0e-5
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -39,6 +41,8 @@ class TrainerConfig:
 
     def __post_init__(self):
         require(self.max_steps >= 1, "max_steps", self.max_steps, "training needs at least one optimizer step")
+        require(self.max_epochs is None or self.max_epochs > 0, "max_epochs", self.max_epochs,
+                "a run shows its data a positive number of times (null = no limit)")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be positive (a zero or negative step does not train)")
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio,
                 "the cosine floor is a share of the peak learning rate, in [0, 1]")

@@ -113,3 +113,11 @@ def test_plan_calibrated_from_the_run_predicts_its_time_per_step(quickstart):
     assert plan["step_seconds"] == pytest.approx(measured, rel=0.2)
     assert plan["tokens_per_step"] == pytest.approx(statistics.mean(r["tokens"] for r in records), rel=0.2)
     assert plan["hours_to_max_steps"] == pytest.approx(plan["step_seconds"] * 120 / 3600)
+
+
+def test_quickstart_console_shows_no_library_deprecation_noise(quickstart):
+    _, _, log = quickstart
+    assert "FutureWarning" not in log and "DeprecationWarning" not in log, log[:3000]
+    assert len(log.splitlines()) <= 300, len(log.splitlines())
+    assert "Setting accelerator to CPU" not in log
+    assert all(line in log for line in ("model: ", "checkpoint step_", "exported: "))

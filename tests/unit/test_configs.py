@@ -31,6 +31,11 @@ SELECTABLE = ["model", "data", "deepspeed", "trainer", "cluster", "logger", "eva
 OVERLAYS = {("cluster", "slurm"): "+cluster@_global_=slurm"}
 # Options with required settings (`???`) that a user gives on the command line.
 REQUIRED = {("data", "files"): ["data.files=[data/sample/firefly.jsonl]", "data.format=firefly"]}
+# Experiments that leave the dataset to the user (they refuse to start without one).
+EXPERIMENT_REQUIRED = {"full_sft": ["data=llama3_chinese_chat"], "full_sft_70b": ["data=llama3_chinese_chat"]}
+# The real config.json of each pretrained model the configs name (the weights are not here).
+FIXTURES = ROOT / "tests" / "fixtures"
+MODEL_FIXTURES = {"meta-llama/Meta-Llama-3-8B": FIXTURES / "llama3_8b", "meta-llama/Meta-Llama-3-70B": FIXTURES / "llama3_70b"}
 
 # The keys SPEC.md fixes: every composed config has them.
 CONTRACT_KEYS = [
@@ -75,7 +80,12 @@ def assert_can_work(cfg) -> None:
     assert config_problems == []
     # the DeepSpeed config the trainer derives: whole accumulation steps, the batch adds up
     world = world_size_of(cfg)
-    ds = build_deepspeed_config(cfg, world)
+    model_config = None
+    if cfg.model.init == "pretrained":
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(MODEL_FIXTURES[cfg.model.path])
+    ds = build_deepspeed_config(cfg, world, model_config)
     ga = gradient_accumulation_steps(cfg, world)
     assert ga >= 1 and ds["gradient_accumulation_steps"] == ga
     assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ga * world
@@ -100,7 +110,7 @@ def test_every_config_group_folder_is_covered():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_passes_the_preflight_config_checks(name):
-    cfg = load_config([f"+experiment={name}"])
+    cfg = load_config([f"+experiment={name}", *EXPERIMENT_REQUIRED.get(name, [])])
     assert_can_work(cfg)
 
 
@@ -119,7 +129,7 @@ def test_every_sweep_composes_and_its_training_config_passes_the_preflight_confi
 
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
 def test_slurm_overlay_adds_network_env_and_keeps_the_experiments_cluster(experiment):
-    base = [f"+experiment={experiment}"] if experiment else []
+    base = [f"+experiment={experiment}", *EXPERIMENT_REQUIRED.get(experiment, [])] if experiment else []
     plain = load_config(base)
     cfg = load_config([*base, OVERLAYS[("cluster", "slurm")]])
     for key in ("device", "backend", "nodes", "nproc_per_node"):
@@ -145,14 +155,14 @@ def test_full_sft_without_gpu_flash_attn_or_weights_exits_2_with_one_message_nam
         expected.append("no CUDA GPU")
     if importlib.util.find_spec("flash_attn") is None:
         expected.append("flash-attn")
-    cfg = load_config(["+experiment=full_sft"])
+    cfg = load_config(["+experiment=full_sft", "data=sample"])
     if not Path(os.path.expanduser(cfg.model.path)).exists():
         expected.append(f"model.path={cfg.model.path}")
     if not expected:
         pytest.skip("this machine has a GPU, flash-attn and the weights: full_sft would really train")
     # HF_HUB_OFFLINE=1: "weights not on this machine" without asking the Hub, wherever the test runs
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "llama3zh_dist", "+experiment=full_sft"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "llama3zh_dist", "+experiment=full_sft", "data=sample"], cwd=tmp_path, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from llama3zh_dist.config import load_config
@@ -47,7 +49,7 @@ def _scheduler_lrs(cfg, steps: int) -> list[float]:
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
 
     ds = build_deepspeed_config(cfg, world_size=2)
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=ds["optimizer"]["params"]["lr"])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=float(cfg.trainer.lr))
     sched = WarmupCosineLR(opt, **ds["scheduler"]["params"])
     start_lr_schedule(sched)  # what the trainer does right after deepspeed.initialize
     lrs = []
@@ -68,8 +70,11 @@ def test_every_update_has_a_positive_lr_and_the_schedule_spans_max_steps():
 
 
 def test_global_batch_is_micro_batch_times_ranks_times_accumulation():
-    cfg = load_config(["+experiment=full_sft"])
-    ds = build_deepspeed_config(cfg, world_size=16)
+    from transformers import AutoConfig
+
+    cfg = load_config(["+experiment=full_sft", "data=sample"])
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "llama3_8b"
+    ds = build_deepspeed_config(cfg, world_size=16, model_config=AutoConfig.from_pretrained(fixture))
     assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * 16 * ds["gradient_accumulation_steps"]
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]

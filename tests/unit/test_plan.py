@@ -40,7 +40,7 @@ def test_model_states_per_gpu_equal_deepspeeds_estimator(name):
     shape = ModelShape.from_config(json.loads((FIXTURES / name / "config.json").read_text()))
     total, largest = _meta_model_counts(name)
     assert (shape.total_params, shape.largest_layer_params) == (total, largest)
-    cfg = load_config(["+experiment=full_sft", "cluster.gpu=H100-SXM"])
+    cfg = load_config(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM"])
     from llama3zh_dist.deepspeed_config import build_deepspeed_config
 
     for nodes in (1, 2, 8):
@@ -66,7 +66,7 @@ def test_known_shapes_are_the_real_config_json_values():
 
 
 def test_70b_on_one_node_of_80gb_gpus_is_refused_with_the_breakdown_and_fixes():
-    cfg = load_config(["+experiment=full_sft_70b", "cluster.gpu=H100-SXM", "cluster.nodes=1"])
+    cfg = load_config(["+experiment=full_sft_70b", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM", "cluster.nodes=1"])
     msg = memory_problem(cfg)
     assert msg is not None
     for term in ("model_states", "activations", "loss", "buffers", "overhead", "total", "exceeds"):
@@ -75,10 +75,10 @@ def test_70b_on_one_node_of_80gb_gpus_is_refused_with_the_breakdown_and_fixes():
 
 
 @pytest.mark.parametrize("overrides", [
-    ["+experiment=full_sft", "cluster.gpu=H100-SXM"],
-    ["+experiment=full_sft", "cluster.gpu=A100-80GB"],
-    ["+experiment=full_sft", "cluster.gpu=H100-SXM", "cluster.nodes=2"],
-    ["+experiment=full_sft_70b", "cluster.gpu=H100-SXM"],
+    ["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM"],
+    ["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=A100-80GB"],
+    ["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM", "cluster.nodes=2"],
+    ["+experiment=full_sft_70b", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM"],
 ])
 def test_the_shipped_experiments_fit_their_intended_clusters(overrides):
     cfg = load_config(overrides)
@@ -89,18 +89,18 @@ def test_the_shipped_experiments_fit_their_intended_clusters(overrides):
 def test_preflight_exits_2_before_any_rank_with_the_memory_breakdown():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "llama3zh_dist.preflight", "+experiment=full_sft_70b",
-                           "cluster.gpu=H100-SXM", "cluster.nodes=1"], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "data=llama3_chinese_chat", "cluster.gpu=H100-SXM", "cluster.nodes=1"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "exceeds the H100-SXM" in proc.stderr and "Traceback" not in proc.stderr
     fits = subprocess.run([sys.executable, "-m", "llama3zh_dist.preflight", "+experiment=full_sft_70b",
-                           "cluster.gpu=H100-SXM"], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "data=llama3_chinese_chat", "cluster.gpu=H100-SXM"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert "exceeds" not in fits.stderr  # other problems of this machine (no GPU) may be listed
 
 
 def test_plan_json_has_the_contract_keys(capsys):
     from llama3zh_dist.plan.__main__ import main
 
-    assert main(["+experiment=full_sft", "cluster.gpu=H200", "plan.format=json"]) == 0
+    assert main(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H200", "plan.format=json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["gpu"] == {"name": "H200", "memory_bytes": 143771 * 2**20}
     assert set(out["per_gpu_bytes"]) == {"model_states", "activations", "loss", "buffers", "overhead", "total"}
@@ -115,11 +115,11 @@ def test_unknown_gpu_name_is_a_user_error_listing_the_known_ones():
     from llama3zh_dist.errors import UserError
 
     with pytest.raises(UserError, match="H100-SXM"):
-        make_plan(load_config(["+experiment=full_sft", "cluster.gpu=H100"]))
+        make_plan(load_config(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100"]))
 
 
 def test_step_time_is_flops_at_the_assumed_mfu_or_zero3_traffic_whichever_is_longer():
-    cfg = load_config(["+experiment=full_sft", "cluster.gpu=H100-SXM"])
+    cfg = load_config(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM"])
     from llama3zh_dist.deepspeed_config import build_deepspeed_config
 
     plan = make_plan(cfg)
@@ -133,7 +133,7 @@ def test_step_time_is_flops_at_the_assumed_mfu_or_zero3_traffic_whichever_is_lon
     assert plan["step_seconds"] == pytest.approx(max(d["compute_seconds"], d["comm_seconds"]))
     # Two nodes: the traffic crosses InfiniBand (50 GB/s at 70%), except the backward all-gather,
     # which hierarchical partitioning (zero_hpz_partition_size) keeps inside the node.
-    cfg2 = load_config(["+experiment=full_sft", "cluster.gpu=H100-SXM", "cluster.nodes=2"])
+    cfg2 = load_config(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM", "cluster.nodes=2"])
     two = make_plan(cfg2)["detail"]
     share, ib, nvlink = 15 / 16, 50e9 * 0.7, 450e9 * 0.7
     if int(build_deepspeed_config(cfg2, 16)["zero_optimization"].get("zero_hpz_partition_size", 1) or 1) > 1:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("name,experiment", [("quickstart", "quickstart"), ("lr_wd", "full_sft")])
 def test_each_sweep_composes_its_experiment_with_validation_and_a_searchable_space(name, experiment):
     cfg = load_config([f"+sweep={name}"])
-    exp = load_config([f"+experiment={experiment}"])
+    exp = load_config([f"+experiment={experiment}", f"data={cfg.data.name}"])
     assert cfg.model == exp.model and cfg.cluster == exp.cluster
     assert cfg.trainer.eval_every > 0 and cfg.data.val_fraction > 0
     assert cfg.run.dir == f"runs/sweep_{name}" and cfg.sweep.best_experiment == f"{name}_best"
