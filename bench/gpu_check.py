@@ -103,15 +103,14 @@ def packed_vs_single(model, samples, device) -> dict:
 
 
 def step_flops(cfg: dict, layers: int, sample_lengths: list[int], supervised: int) -> float:
-    """Training FLOPs of one step (forward + backward = 3x forward; recomputation not counted):
-    non-embedding matmuls for every token, the LM head for supervised tokens only, attention
-    scores from the real samples' lengths (sum of l^2, causal half)."""
-    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
-    per_token = 2 * layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
-    attention = 2 * layers * 2 * h * sum(n * n for n in sample_lengths) / 2
-    head = 2 * h * cfg["vocab_size"] * supervised
-    return 3 * (per_token * sum(sample_lengths) + attention + head)
+    """Training FLOPs of one step by the formula the run logs as MFU (``llama3zh_dist.flops``):
+    non-embedding matmuls for every token, the LM head for supervised tokens only, attention from
+    the real samples' lengths (sum of l^2)."""
+    from llama3zh_dist.flops import ModelShape
+    from llama3zh_dist.flops import step_flops as logged_step_flops
+
+    shape = ModelShape.from_config({**cfg, "num_hidden_layers": layers})
+    return logged_step_flops(shape, sum(sample_lengths), supervised, sum(n * n for n in sample_lengths))
 
 
 def run_slice(layers: int, attn: str, steps: int = 6, row_tokens: int = 8192) -> dict:
