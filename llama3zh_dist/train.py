@@ -35,6 +35,7 @@ from .config import save_config
 from .data.loader import StepBatches, ValidationBatches
 from .deepspeed_config import build_deepspeed_config, build_optimizer, model_config_of, start_lr_schedule, write_deepspeed_config
 from .errors import UserError
+from .fault_injection import FaultInjector
 from .flops import ModelShape, micro_batch_flops
 from .metrics import MetricsLogger, peak_flops_per_device
 from .model import build_model, init_untrained_token_rows, supervised_loss_sum, supervised_token_losses
@@ -61,6 +62,7 @@ class SFTRecipe:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.signals = PreemptionSignals()
         self.watchdog = Watchdog(self.rank, 60 * float(cfg.cluster.timeout_minutes))
+        self.faults = FaultInjector(self.rank)  # resilience tests only; inert without its variables
 
     # ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -176,7 +178,7 @@ class SFTRecipe:
                 self.save_checkpoint()
             self.step += 1
             self.watchdog.beat(f"training step {self.step}", self.step - 1)
-            self._inject_hang(self.step)
+            self.faults.hang(self.step)
             record = self._train_step(self.step)
             if int(t.eval_every) and self.step % int(t.eval_every) == 0 and self.val.available:
                 record.update(self.evaluate())
@@ -207,7 +209,7 @@ class SFTRecipe:
         loss_sum = 0.0
         for m in micro:
             s = supervised_loss_sum(self.engine, m, self.device)
-            if self._inject_nan(step):
+            if self.faults.nan(step):
                 s = s * float("nan")
             # DeepSpeed averages gradients over ranks; scale so the update is the mean over every
             # supervised token of the global batch (all micro-batches of all ranks).
@@ -236,22 +238,6 @@ class SFTRecipe:
             "epoch": self.batches.epoch_at(step), "world_size": self.world_size, "skipped": not applied,
             "time": time.time(),
         }
-
-    def _inject_hang(self, step: int) -> None:
-        """Test hook: LLAMA3ZH_INJECT_HANG="<rank>:<step>" makes that rank stop answering at that step."""
-        spec = os.environ.get("LLAMA3ZH_INJECT_HANG")
-        if spec and spec.split(":") == [str(self.rank), str(step)]:
-            print(f"rank {self.rank}: test hook LLAMA3ZH_INJECT_HANG: hanging at step {step}", flush=True)
-            while True:
-                time.sleep(3600)
-
-    def _inject_nan(self, step: int) -> bool:
-        """Test hook: LLAMA3ZH_INJECT_NAN="<rank>:<step>[,<step>...]" poisons that rank's loss."""
-        spec = os.environ.get("LLAMA3ZH_INJECT_NAN")
-        if not spec:
-            return False
-        rank, steps = spec.split(":")
-        return int(rank) == self.rank and str(step) in steps.split(",")
 
     @torch.no_grad()
     def evaluate(self) -> dict:
