@@ -100,13 +100,13 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
             rows += 1
     elif stage == "stream":
         from llama3zh_dist.data.process import process_batch
+        from llama3zh_dist.data.settings import data_config, process_settings
         from llama3zh_dist.data.sources import source_specs
         from llama3zh_dist.data.stream import raw_blocks
         from llama3zh_dist.data.template import get_encoder
 
-        settings = P.data_settings(cfg)
         specs = source_specs(cfg.data)
-        proc = P.process_settings(specs, settings, get_encoder(None), "bench")
+        proc = process_settings(specs, data_config(cfg.data), get_encoder(None), "bench")
         meta: dict = {}
         last = time.perf_counter()
         for block in raw_blocks(specs, 2000, False, meta):

@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from llama3zh_dist.config import load_config
-from llama3zh_dist.data.prep import data_settings, prepare_dataset
+from llama3zh_dist.data.prep import prepare_dataset
+from llama3zh_dist.data.settings import data_config
 from llama3zh_dist.data.sources import source_specs
 
 CONTRACT_KEYS = ("name", "out_dir", "max_seq_len", "packing", "max_reject_fraction", "val_fraction")
@@ -22,8 +23,8 @@ def test_dataset_configs_compose_with_the_contract_keys(name):
     cfg = load_config(["model=tiny", f"data={name}"] + extra)
     for k in CONTRACT_KEYS:
         assert k in cfg.data, k
-    s = data_settings(cfg)
-    assert s["clean"]["near_dedup"]["enabled"] is True and s["ray"]["min_rows"] > 0
+    s = data_config(cfg.data)
+    assert s.clean.near_dedup.enabled is True and s.ray.min_rows > 0
     if name == "quickstart":
         assert cfg.data.max_seq_len == 512 and cfg.data.packing is True
         assert sorted(cfg.data.sources) == ["firefly", "ruozhiba", "sharegpt_zh", "zhihu"]

@@ -366,25 +366,25 @@ def test_prep_cli_prints_the_report_and_user_errors_exit_2(tmp_path, capsys):
 def test_output_does_not_depend_on_the_order_rows_come_back_from_workers(corpus, prepared, tmp_path, monkeypatch):
     from llama3zh_dist.data import prep as prep_mod
 
-    real = prep_mod._run_rows
+    real = prep_mod.map_rows
 
     def shuffled(*a, **k):
-        t = real(*a, **k)
-        return t.take(pa.array(list(range(t.num_rows))[::-1]))
+        t, timings = real(*a, **k)
+        return t.take(pa.array(list(range(t.num_rows))[::-1])), timings
 
-    monkeypatch.setattr(prep_mod, "_run_rows", shuffled)
+    monkeypatch.setattr(prep_mod, "map_rows", shuffled)
     out = prepare_dataset(make_cfg(tmp_path, corpus["sources"]))
     assert _rows(out).equals(_rows(prepared))
     assert (out / "rejects.jsonl").read_text() == (prepared / "rejects.jsonl").read_text()
 
 
 def test_a_crash_mid_prep_leaves_no_folder_that_looks_complete(corpus, tmp_path, monkeypatch):
-    from llama3zh_dist.data import prep as prep_mod
+    from llama3zh_dist.data import write as write_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(prep_mod, "_write_val", boom)
+    monkeypatch.setattr(write_mod, "write_val", boom)
     with pytest.raises(RuntimeError):
         prepare_dataset(make_cfg(tmp_path, corpus["sources"]))
     assert not (tmp_path / "out").exists()
