@@ -103,7 +103,7 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
         from llama3zh_dist.data.settings import data_config, process_settings
         from llama3zh_dist.data.sources import source_specs
         from llama3zh_dist.data.stream import raw_blocks
-        from llama3zh_dist.data.template import get_encoder
+        from llama3zh_dist.llama3.chat_format import get_encoder
 
         specs = source_specs(cfg.data)
         proc = process_settings(specs, data_config(cfg.data), get_encoder(None), "bench")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..fileio import sha256_file
-from ..tokenizer import TEMPLATE_VERSION
+from ..llama3.chat_format import TEMPLATE_VERSION
 from .sources import SourceSpec, hub_fingerprint
 
 PIPELINE_VERSION = "4"  # bump when the output of the same inputs/settings changes

@@ -31,14 +31,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import UserError
-from ..tokenizer import TEMPLATE_VERSION, load_tokenizer, meta_tokenizer_fingerprint, tokenizer_fingerprint
+from ..llama3.chat_format import TEMPLATE_VERSION
+from ..llama3.hf_tokenizer import load_encoder
 from .dedup import dedup
 from .fingerprint import compute_fingerprint, up_to_date
 from .map_rows import map_rows, proc_workers
 from .pack import pack
 from .repair import REPAIRS
-from .report import add_repairs, build_report, format_report, reject_records, repair_records  # noqa: F401  (format_report: the CLI's)
+from .report import add_repairs, build_report, reject_records, repair_records
 from .settings import data_config, fingerprint_settings, process_settings, resolve_out_dir
 from .sources import source_specs
 from .split_mix import split_and_mix
@@ -50,21 +50,6 @@ from .write import write_dataset
 def _log(msg: str, enabled: bool = True) -> None:
     if enabled:
         print(f"[prep] {msg}", flush=True)
-
-
-def load_encoder(model_path, trust_remote_code: bool):
-    """(Llama 3 encoder, tokenizer fingerprint) for ``model.path`` (None: the llama-models tokenizer)."""
-    from .template import get_encoder
-
-    if model_path is None or str(model_path) in ("", "null", "None"):
-        # the llama-models tokenizer: the encoder needs only its BPE file, not the HF tokenizer
-        return get_encoder(None), meta_tokenizer_fingerprint()
-    tok = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-    try:
-        encoder = get_encoder(tok)
-    except ValueError as e:
-        raise UserError(f"model.path={model_path!r}: {e}") from None
-    return encoder, tokenizer_fingerprint(tok)
 
 
 def prepare_dataset(cfg) -> Path:

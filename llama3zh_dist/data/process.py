@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..tokenizer import BOS_ID
+from ..llama3.tokens import BOS_ID, IGNORE_INDEX
 from .clean import (
     IdentityRewriter,
     RefusalFilter,
@@ -30,7 +30,6 @@ from .clean import (
 from .repair import repair_messages
 from .formats import row_id
 from .sources import Reject, SourceSpec, to_messages, validate_messages
-from .template import IGNORE_INDEX
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -112,7 +111,7 @@ def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict,
             raise Reject("bad_json", str(e)[:200]) from None
         out["id"] = _row_id(source, row_id(obj, spec), file_idx, line, multi)  # rejects carry the row's own id too
         msgs, _ = to_messages(obj, spec, settings["repair"], repairs)
-        # cleaning (per row); every turn is stripped regardless (canonical form, see tokenizer.py)
+        # cleaning (per row); every turn is stripped regardless (canonical form, see llama3/chat_format.py)
         ws = t2s = ident = False
         for m in msgs:
             c = m["content"]

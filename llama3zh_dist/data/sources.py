@@ -215,7 +215,7 @@ def load_hub_dataset(spec: SourceSpec):
         import datasets
     except ImportError as e:  # pragma: no cover
         raise UserError(f"data.sources.{spec.name}.hub needs the datasets package ({e})") from None
-    from ..tokenizer import hub_reachable
+    from ..llama3.hf_tokenizer import hub_reachable
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if not offline and not hub_reachable():

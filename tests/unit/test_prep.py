@@ -13,7 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from llama3zh_dist.data.prep import prepare_dataset
-from llama3zh_dist.data.template import IGNORE_INDEX, encode_for_training
+from llama3zh_dist.llama3.chat_format import encode_for_training
+from llama3zh_dist.llama3.tokens import IGNORE_INDEX
 from llama3zh_dist.errors import UserError
 
 

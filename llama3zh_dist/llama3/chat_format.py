@@ -13,6 +13,7 @@ Text is tokenised with tiktoken directly (``encode_ordinary``: special-token str
 plain text), each message's content on its own, with Meta's chunking of very long texts; special
 tokens are inserted by id. Labels (``encode_for_training``): ``-100`` everywhere except assistant
 content tokens and their closing ``<|eot_id|>`` (all assistant turns, or only the last one).
+:data:`CHAT_TEMPLATE` is the same format as a Jinja chat template, for the exported tokenizer.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from typing import Iterable, Sequence
 
 import tiktoken
 
-from ..tokenizer import (
+from .tokens import (
     BOS_ID,
     END_HEADER_ID,
     EOT_ID,
+    IGNORE_INDEX,
+    NUM_BASE_TOKENS,
     PAT_STR,
     SPECIAL_TOKEN_IDS,
     START_HEADER_ID,
+    meta_tokenizer_model_path,
 )
 
-IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 TRAIN_ON = ("all_assistant", "last_assistant")
 
@@ -169,6 +172,29 @@ def check_messages(messages: Sequence[dict]) -> None:
         raise ValueError("conversation does not end with an assistant turn")
 
 
+# ---------------------------------------------------------------- chat template
+# Renders exactly what Llama3Encoder below encodes (and Meta's encode_dialog_prompt, minus
+# the trailing assistant header unless add_generation_prompt). Content is trimmed (Jinja's ``trim`` is
+# Python's ``str.strip()``), as Meta's llama3 reference and HF's Llama 3 Instruct template do and as
+# training does: whatever whitespace a serving stack sends around a turn, the model sees the tokens
+# it was trained on.
+# The {% generation %} block marks assistant content + <|eot_id|>: HF's
+# return_assistant_tokens_mask=True then equals the training loss mask.
+CHAT_TEMPLATE = (
+    "{{- '<|begin_of_text|>' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}"
+    "{%- generation -%}{{- message['content'] | trim + '<|eot_id|>' -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}"
+)
+TEMPLATE_VERSION = "llama3-instruct-v2"  # v2: content trimmed in the template and the encoder
+
+
 # ---------------------------------------------------------------- encoder lookup
 _LOCK = threading.Lock()
 _META: Llama3Encoder | None = None
@@ -176,8 +202,6 @@ _META: Llama3Encoder | None = None
 
 def _meta_ranks() -> dict[bytes, int]:
     from llama_models.tokenizer_utils import load_bpe_file
-
-    from ..tokenizer import meta_tokenizer_model_path
 
     return load_bpe_file(meta_tokenizer_model_path())
 
@@ -198,7 +222,7 @@ def _ranks_from_hf(tok) -> dict[bytes, int] | None:
     ranks = {}
     try:
         for t, i in tok.get_vocab().items():
-            if i >= 128000:
+            if i >= NUM_BASE_TOKENS:
                 continue
             ranks[bytes(dec[c] for c in t)] = i
     except KeyError:
