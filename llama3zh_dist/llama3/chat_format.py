@@ -152,24 +152,36 @@ class Llama3Encoder:
         return ids, labels
 
 
+class ConversationError(ValueError):
+    """A conversation that does not have the chat structure; ``reason`` is the reject reason
+    (``empty_turn``, ``no_assistant_turn``, ``wrong_role_order``, ``unknown_role``)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
 def check_messages(messages: Sequence[dict]) -> None:
-    """Raise ValueError unless messages follow SPEC: optional system, then user/assistant alternating,
-    starting with user, ending with assistant, every content a non-empty string."""
+    """Raise :class:`ConversationError` unless messages follow SPEC: optional system, then
+    user/assistant alternating, starting with user, ending with assistant, every content a non-empty
+    string."""
     if not messages:
-        raise ValueError("no messages")
-    start = 1 if messages[0].get("role") == "system" else 0
+        raise ConversationError("no_assistant_turn", "no messages")
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}")
+            raise ConversationError("unknown_role", f"message {i} has unknown role {role!r}")
         if not isinstance(content, str) or not content.strip():
-            raise ValueError(f"message {i} has empty or non-string content")
-        if i >= start:
-            want = "user" if (i - start) % 2 == 0 else "assistant"
-            if role != want:
-                raise ValueError(f"message {i} should be {want!r}, got {role!r}")
+            raise ConversationError("empty_turn", f"message {i} ({role}) is empty")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ConversationError("no_assistant_turn", "no assistant message")
+    start = 1 if messages[0]["role"] == "system" else 0
+    for i in range(start, len(messages)):
+        want = "user" if (i - start) % 2 == 0 else "assistant"
+        if messages[i]["role"] != want:
+            raise ConversationError("wrong_role_order", f"message {i} is {messages[i]['role']!r}, expected {want!r}")
     if messages[-1]["role"] != "assistant":
-        raise ValueError("conversation does not end with an assistant turn")
+        raise ConversationError("wrong_role_order", "ends with a user turn, not an assistant turn")
 
 
 # ---------------------------------------------------------------- chat template
