@@ -78,3 +78,16 @@ def test_files_config_needs_format_and_files():
     with pytest.raises(UserError, match="data.format='yaml'"):
         source_specs(cfg.data)
     assert OmegaConf.select(cfg, "data.columns") is None
+
+
+@pytest.mark.parametrize("key,value", [("max_seq_len", 8), ("train_on", "first_assistant"), ("overlong", "wrap"),
+                                       ("max_reject_fraction", 1.5), ("val_fraction", 1.0)])
+def test_prep_refuses_what_the_schema_refuses_even_when_set_after_composition(key, value, tmp_path):
+    from llama3zh_dist.errors import UserError
+
+    cfg = load_config(["model=tiny", "data=files", "data.files=[x.jsonl]", "data.format=sharegpt",
+                       f"data.out_dir={tmp_path / 'out'}"])
+    OmegaConf.update(cfg, "data." + key, value)
+    with pytest.raises(UserError, match=rf"data\.{key}={value!r}"):
+        prepare_dataset(cfg)
+    assert not (tmp_path / "out").exists()
