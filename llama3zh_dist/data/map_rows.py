@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
@@ -54,11 +54,15 @@ class _Progress:
                  f"ETA {(self.total - self.done) / max(rate, 1e-9):.0f}s)")
 
 
-def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: dict,
-             progress: bool) -> tuple[pa.Table, dict]:
+def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: dict, progress: bool,
+             keep: Callable[[pa.Table], pa.Table] = lambda t: t) -> tuple[pa.Table, dict]:
     """Process every raw block; returns the processed rows (in any order: the driver orders them by
-    source, file and line itself) and timings (``ray_start_s``)."""
+    source, file and line itself) and timings (``ray_start_s``). Each processed block goes through
+    ``keep`` as it arrives (prep spills its heavy columns to disk there and keeps the rest)."""
     from .process import OUTPUT_SCHEMA
+
+    def kept(t: pa.Table) -> pa.Table:
+        return keep(t.cast(OUTPUT_SCHEMA) if t.schema != OUTPUT_SCHEMA else t)
 
     ahead: list[pa.Table] = []
     total = 0
@@ -72,19 +76,17 @@ def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: 
     timings: dict = {"ray_start_s": 0.0}
     if workers > 0:
         chunks = ahead + list(blocks)
-        outs = _map_with_ray(chunks, workers, ray_cfg, proc_settings, progress, timings)
+        outs = _map_with_ray(chunks, workers, ray_cfg, proc_settings, progress, timings, kept)
     else:
         _log("processing rows in-process" + (f" ({total} rows)" if ahead else " as they are read"), progress)
-        outs = _map_in_process(itertools.chain(ahead, blocks), proc_settings)
-    if not outs:
-        return OUTPUT_SCHEMA.empty_table(), timings
-    return pa.concat_tables([o.cast(OUTPUT_SCHEMA) if o.schema != OUTPUT_SCHEMA else o for o in outs]), timings
+        outs = _map_in_process(itertools.chain(ahead, blocks), proc_settings, kept)
+    return pa.concat_tables(outs or [kept(OUTPUT_SCHEMA.empty_table())]), timings
 
 
-def _map_in_process(blocks: Iterator[pa.Table], proc_settings: dict) -> list[pa.Table]:
+def _map_in_process(blocks: Iterator[pa.Table], proc_settings: dict, kept) -> list[pa.Table]:
     from .process import process_batch
 
-    return [process_batch(c, proc_settings) for c in blocks]
+    return [kept(process_batch(c, proc_settings)) for c in blocks]
 
 
 def _quiet_ray_loggers() -> None:
@@ -114,7 +116,7 @@ def _start_ray(ray_cfg: RayDataConfig, workers: int) -> bool:
 
 
 def _map_with_ray(chunks: list[pa.Table], workers: int, ray_cfg: RayDataConfig, proc_settings: dict,
-                  progress: bool, timings: dict) -> list[pa.Table]:
+                  progress: bool, timings: dict, kept) -> list[pa.Table]:
     import ray
 
     from .process import process_batch
@@ -149,7 +151,7 @@ def _map_with_ray(chunks: list[pa.Table], workers: int, ray_cfg: RayDataConfig, 
         bar = _Progress(total, progress)
         outs = []
         for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            outs.append(b)
+            outs.append(kept(b))
             bar.tick(b.num_rows)
         return outs
     finally:

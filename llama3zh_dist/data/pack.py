@@ -1,6 +1,9 @@
 """Pack: the training samples (repeats included) into rows of at most ``data.max_seq_len`` tokens
 (best-fit decreasing, or one sample per row), rows shuffled from ``trainer.seed``; validation
-samples one per row (unpacked, so each one's loss can be read on its own)."""
+samples one per row (unpacked, so each one's loss can be read on its own).
+
+Only the plan is made here, from the samples' lengths: which samples form which row. The write step
+builds the rows shard by shard from the spilled tokens (:meth:`.spill.Spill.shards`)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .packing import best_fit_decreasing, build_rows
+from .packing import best_fit_decreasing
 from .split_mix import Split
 
 
@@ -20,35 +23,30 @@ def _log(msg: str, enabled: bool = True) -> None:
 
 @dataclass
 class Packed:
-    train: pa.Table  # SPEC columns + sources
-    val: pa.Table | None
+    bins: list[list[int]]  # training rows, each a list of sample indices, in output order
+    sample_row: np.ndarray  # training sample -> processed row
+    sample_ids: list[str]  # training sample -> its id (repeats: <id>#<copy>)
+    val_row: np.ndarray  # validation sample -> processed row (one per output row)
+    val_ids: list[str]
     lengths: np.ndarray  # tokens of each training sample
     supervised: np.ndarray  # supervised tokens of each training sample
-    rows: int
     efficiency: float  # tokens / (rows * max_seq_len)
 
-
-def empty_rows() -> pa.Table:
-    li = pa.list_(pa.int32())
-    ls = pa.list_(pa.string())
-    return pa.table(
-        {"input_ids": pa.array([], li), "labels": pa.array([], li), "position_ids": pa.array([], li),
-         "sample_ids": pa.array([], ls), "sources": pa.array([], ls)}
-    )
+    @property
+    def rows(self) -> int:
+        return len(self.bins)
 
 
-def _samples(rows: pa.Table, idx: list[int], ids: list[str], columns: list[str]) -> pa.Table:
-    return rows.select(columns).take(pa.array(idx, type=pa.int64())).append_column("id", pa.array(ids, pa.string()))
+def _column(rows: pa.Table, name: str, idx: list[int]) -> np.ndarray:
+    if not idx:
+        return np.zeros(0, np.int64)
+    return rows.column(name).to_numpy(zero_copy_only=False)[np.asarray(idx, dtype=np.int64)].astype(np.int64)
 
 
 def pack(rows: pa.Table, split: Split, ids: list[str], max_len: int, packing: bool, seed: int,
          progress: bool) -> Packed:
-    """``ids``: each processed row's sample id (repeats get ``<id>#<copy>``)."""
-    sample_ids = [ids[i] if c == 0 else f"{ids[i]}#{c}" for i, c in zip(split.train_idx, split.copy_no)]
-    samples = _samples(rows, split.train_idx, sample_ids, ["input_ids", "labels", "source", "n_tokens", "n_sup"])
-    n = samples.num_rows
-    lengths = samples.column("n_tokens").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
-    supervised = samples.column("n_sup").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+    """``ids``: each processed row's sample id."""
+    lengths = _column(rows, "n_tokens", split.train_idx)
     if packing and len(lengths):
         _log(f"packing {len(lengths)} samples into rows of {max_len} tokens (best-fit decreasing)", progress)
         bins = best_fit_decreasing(lengths, max_len)
@@ -56,10 +54,13 @@ def pack(rows: pa.Table, split: Split, ids: list[str], max_len: int, packing: bo
         bins = [[i] for i in range(len(lengths))]
     rng = np.random.default_rng([seed, 7])
     bins = [bins[k] for k in rng.permutation(len(bins))] if bins else []
-    train = build_rows(samples, bins) if bins else empty_rows()
-    eff = float(lengths.sum()) / (len(bins) * max_len) if bins else 0.0
-    val = None
-    if split.val_idx:
-        vt = _samples(rows, split.val_idx, [ids[i] for i in split.val_idx], ["input_ids", "labels", "source", "n_tokens"])
-        val = build_rows(vt, [[k] for k in range(vt.num_rows)], extra=()).append_column("source", vt.column("source"))
-    return Packed(train=train, val=val, lengths=lengths, supervised=supervised, rows=len(bins), efficiency=eff)
+    return Packed(
+        bins=bins,
+        sample_row=np.asarray(split.train_idx, dtype=np.int64),
+        sample_ids=[ids[i] if c == 0 else f"{ids[i]}#{c}" for i, c in zip(split.train_idx, split.copy_no)],
+        val_row=np.asarray(split.val_idx, dtype=np.int64),
+        val_ids=[ids[i] for i in split.val_idx],
+        lengths=lengths,
+        supervised=_column(rows, "n_sup", split.train_idx),
+        efficiency=float(lengths.sum()) / (len(bins) * max_len) if bins else 0.0,
+    )

@@ -28,11 +28,14 @@ The fingerprint (:mod:`.fingerprint`) makes a rerun with nothing changed a cache
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from pathlib import Path
 
 from ..llama3.chat_format import TEMPLATE_VERSION
 from ..llama3.hf_tokenizer import load_encoder
+from ..schema.data import DataConfig
 from .dedup import dedup
 from .fingerprint import compute_fingerprint, up_to_date
 from .map_rows import map_rows, proc_workers
@@ -41,6 +44,7 @@ from .repair import REPAIRS
 from .report import add_repairs, build_report, reject_records, repair_records
 from .settings import data_config, fingerprint_settings, process_settings, resolve_out_dir
 from .sources import source_specs
+from .spill import Spill
 from .split_mix import split_and_mix
 from .stream import raw_blocks
 from .verdicts import Verdicts
@@ -59,34 +63,47 @@ def prepare_dataset(cfg) -> Path:
     specs = source_specs(cfg.data)
     out_dir = resolve_out_dir(cfg)
     seed, model_path = int(cfg.trainer.seed), cfg.model.path
-    progress = bool(dc.progress)
     encoder, tok_fp = load_encoder(model_path, bool(cfg.model.trust_remote_code))
     fp, fp_payload = compute_fingerprint(specs, fingerprint_settings(dc), tok_fp, seed)
     current, existing = up_to_date(out_dir, fp)
     if current:
-        _log(f"cache hit: {out_dir} is up to date (fingerprint {fp[:12]}); nothing to do", progress)
+        _log(f"cache hit: {out_dir} is up to date (fingerprint {fp[:12]}); nothing to do", dc.progress)
         return out_dir
     if existing:
-        _log(f"inputs or settings changed since {out_dir} was prepared: rebuilding", progress)
+        _log(f"inputs or settings changed since {out_dir} was prepared: rebuilding", dc.progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    spill = Spill(out_dir.parent / f".{out_dir.name}.spill-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        header = {"fingerprint": fp, "name": str(dc.name), "max_seq_len": int(dc.max_seq_len),
+                  "packing": bool(dc.packing), "train_on": dc.train_on, "template": TEMPLATE_VERSION,
+                  "tokenizer": {"model_path": model_path, "fingerprint": tok_fp}, "seed": seed}
+        _prepare(dc, specs, out_dir, seed, process_settings(specs, dc, encoder, fp), spill, header, fp_payload)
+    finally:
+        spill.cleanup()
+    return out_dir
 
+
+def _prepare(dc: DataConfig, specs, out_dir: Path, seed: int, proc_settings: dict, spill: Spill, header: dict,
+             fp_payload: dict) -> None:
+    progress = bool(dc.progress)
     t_start = time.time()
     meta: dict = {}
     blocks = raw_blocks(specs, int(dc.ray.block_rows), progress, meta)  # read (lazily, as map pulls)
     t_read = time.time()
-    rows, map_timings = map_rows(blocks, dc.ray, process_settings(specs, dc, encoder, fp), progress)  # map
+    # map; the heavy columns (raw text, tokens) go to disk as each block is done
+    rows, map_timings = map_rows(blocks, dc.ray, proc_settings, progress, keep=spill.add)
     t_proc = time.time()
-    verdicts = Verdicts(rows, [s.name for s in specs])
+    names = [s.name for s in specs]
+    verdicts = Verdicts(rows, names)
     removed = dedup(rows, verdicts, dc.clean, progress)
     split = split_and_mix(verdicts, specs, float(dc.val_fraction), seed)
     packed = pack(rows, split, verdicts.ids, int(dc.max_seq_len), bool(dc.packing), seed, progress)
     report = build_report(rows, verdicts, split, packed, removed, specs, meta, dc)
     repaired, repair_counts = repair_records(rows, split.kept_rows)
     add_repairs(report, repair_counts, meta["read_errors"], dc.repair, REPAIRS, out_dir)
-    rejects = reject_records(rows, verdicts, [s.name for s in specs])
-    del rows  # the packed tables and the records are all the write step needs
     report.update(
         name=str(dc.name),
-        fingerprint=fp,
+        fingerprint=header["fingerprint"],
         out_dir=str(out_dir),
         rejects_file=str(out_dir / "rejects.jsonl"),
         seconds=round(time.time() - t_start, 2),
@@ -94,15 +111,18 @@ def prepare_dataset(cfg) -> Path:
             "read_s": round(t_read - t_start, 3),  # set-up; reading streams into process_s
             "process_s": round(t_proc - t_read, 3),  # the parallel (Ray Data) stage, Ray start-up included
             "ray_start_s": map_timings["ray_start_s"],
-            "assemble_s": round(time.time() - t_proc, 3),  # dedup, mixture, packing
+            "assemble_s": round(time.time() - t_proc, 3),  # dedup, mixture, packing plan
         },
         workers=proc_workers(dc.ray, report["read"]),
     )
-    header = {"fingerprint": fp, "name": str(dc.name), "max_seq_len": int(dc.max_seq_len),
-              "packing": bool(dc.packing), "train_on": dc.train_on, "template": TEMPLATE_VERSION,
-              "tokenizer": {"model_path": model_path, "fingerprint": tok_fp}, "seed": seed}
-    write_dataset(out_dir, report=report, packed=packed, rejects=rejects, repairs=repaired, files_of=meta["files"],
-                  header=header, fp_payload=fp_payload, shard_rows=int(dc.shard_rows),
-                  max_reject_fraction=float(dc.max_reject_fraction))
+    shard_rows = int(dc.shard_rows)
+    write_dataset(
+        out_dir, report=report,
+        train=spill.shards(rows, packed.sample_row, packed.sample_ids, packed.bins, shard_rows),
+        val=spill.shards(rows, packed.val_row, packed.val_ids, [[k] for k in range(len(packed.val_ids))],
+                         shard_rows, packed=False),
+        rejects=reject_records(verdicts, lambda idx: spill.raws(rows, idx)),
+        repairs=repaired, files_of=meta["files"], header=header, fp_payload=fp_payload,
+        max_reject_fraction=float(dc.max_reject_fraction),
+    )
     _log(f"wrote {out_dir} in {time.time() - t_start:.1f}s", progress)
-    return out_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pyarrow as pa
 from .sources import FILTER_REASONS, VALIDATION_REASONS
 
 
-def write_rejects(path: Path, rejects: list[dict], files_of: dict) -> None:
+def write_rejects(path: Path, rejects: Iterable[dict], files_of: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rejects:
             files = files_of.get(r["source"], [])
@@ -184,15 +185,14 @@ def add_repairs(report: dict, repair_counts: dict, read_errors: dict, repair_cfg
     }
 
 
-def reject_records(rows: pa.Table, v, source_order: list[str]) -> list[dict]:
-    """One record per rejected row (raw text included), in input order, for ``rejects.jsonl``."""
-    rank = {name: i for i, name in enumerate(source_order)}
-    idx = v.rejected()
-    sub = rows.select(["file", "line", "raw"]).take(pa.array(idx, type=pa.int64())).to_pylist() if idx else []
-    recs = [{"source": v.source[i], "file": int(r["file"]), "line": int(r["line"]), "id": v.ids[i],
-             "reason": v.reason[i], "detail": v.detail[i], "raw": r["raw"]} for i, r in zip(idx, sub)]
-    recs.sort(key=lambda r: (rank[r["source"]], r["file"], r["line"]))
-    return recs
+def reject_records(v, raws: Callable[[list[int]], Iterable[str]]) -> Iterator[dict]:
+    """One record per rejected row, in input order, for ``rejects.jsonl``; ``raws(idx)`` gives the
+    raw text of rows ``idx`` in that order (from the spill, a window at a time)."""
+    idx = sorted(v.rejected(), key=v.order_key.__getitem__)
+    for i, raw in zip(idx, raws(idx)):
+        _, file_no, line = v.order_key[i]
+        yield {"source": v.source[i], "file": int(file_no), "line": int(line), "id": v.ids[i],
+               "reason": v.reason[i], "detail": v.detail[i], "raw": raw}
 
 
 # ---------------------------------------------------------------- console report

@@ -6,13 +6,13 @@ rejects instead, and says so."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,20 +25,21 @@ FORMAT_VERSION = 1
 COLUMNS = ["input_ids", "labels", "position_ids", "sample_ids", "sources"]
 
 
-def write_shards(folder: Path, table: pa.Table, shard_rows: int) -> list[str]:
+def write_shards(folder: Path, tables: Iterable[pa.Table]) -> list[str]:
     names = []
-    for s in range(max(1, math.ceil(table.num_rows / shard_rows))):
+    for s, table in enumerate(tables):
         name = f"part-{s:05d}.parquet"
-        pq.write_table(table.slice(s * shard_rows, shard_rows), folder / name, compression="zstd")
+        pq.write_table(table, folder / name, compression="zstd")
         names.append(name)
     return names
 
 
-def write_val(folder: Path, table: pa.Table | None, shard_rows: int) -> list[str]:
-    if table is None or table.num_rows == 0:
-        return []
+def write_val(folder: Path, tables: Iterable[pa.Table]) -> list[str]:
     (folder / "val").mkdir()
-    return ["val/" + n for n in write_shards(folder / "val", table, shard_rows)]
+    names = ["val/" + n for n in write_shards(folder / "val", tables)]
+    if not names:
+        (folder / "val").rmdir()
+    return names
 
 
 def _write_report(folder: Path, report: dict) -> None:
@@ -93,9 +94,10 @@ def manifest(report: dict, header: dict, shards: list[str], val_shards: list[str
     }
 
 
-def write_dataset(out_dir: Path, *, report: dict, packed, rejects: list[dict], repairs: list[dict],
-                  files_of: dict, header: dict, fp_payload: dict, shard_rows: int,
+def write_dataset(out_dir: Path, *, report: dict, train: Iterable[pa.Table], val: Iterable[pa.Table],
+                  rejects: Iterable[dict], repairs: list[dict], files_of: dict, header: dict, fp_payload: dict,
                   max_reject_fraction: float) -> None:
+    """``train``/``val``: the shards' tables, built as they are written."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -103,8 +105,8 @@ def write_dataset(out_dir: Path, *, report: dict, packed, rejects: list[dict], r
         write_rejects(tmp / "rejects.jsonl", rejects, files_of)
         write_repairs(tmp / "repairs.jsonl", repairs, files_of)
         check_outcome(tmp, out_dir, report, max_reject_fraction)
-        shards = write_shards(tmp, packed.train, shard_rows)
-        val_shards = write_val(tmp, packed.val, shard_rows)
+        shards = write_shards(tmp, train)
+        val_shards = write_val(tmp, val)
         _write_report(tmp, report)
         text = json.dumps(manifest(report, header, shards, val_shards, fp_payload), indent=2,
                           ensure_ascii=False, default=str)

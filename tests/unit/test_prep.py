@@ -390,6 +390,7 @@ def test_a_crash_mid_prep_leaves_no_folder_that_looks_complete(corpus, tmp_path,
         prepare_dataset(make_cfg(tmp_path, corpus["sources"]))
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
+    assert not list(tmp_path.glob(".out.spill-*"))  # the processed rows spilled to disk are gone too
 
 
 def test_empty_input_is_a_clear_user_error(tmp_path):
