@@ -13,9 +13,9 @@ share caches. Figures:
   map format, repair, clean, validate, tokenise + mask, dedup keys), block by block, outputs
   counted and dropped. This stage is bounded: reader buffer (~1 MiB + one record) + one block.
 - ``read``: the reader alone (``readers.iter_records`` + ``json.loads`` of every record).
-- ``prep``: the whole ``prepare_dataset`` (driver-side dedup, mixture, packing and the output
-  table hold every kept sample's tokens, so this grows with the kept tokens) at the ``--prep-mb``
-  sizes.
+- ``prep``: the whole ``prepare_dataset`` at the ``--prep-mb`` sizes. Raw text and tokens are
+  spilled to disk block by block and the shards built one at a time, so what grows with the input is
+  only the driver's per-row metadata (ids, verdicts, lengths, dedup keys).
 
 Near-dedup is off in every stage (the corpus repeats its bodies; see ``_child``).
 """

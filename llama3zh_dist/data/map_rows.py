@@ -2,8 +2,8 @@
 across workers or in-process.
 
 In-process (``data.ray.workers=0``, or fewer rows than ``data.ray.min_rows``) the blocks stream from
-the readers one at a time; with Ray they are collected first (Ray only pays off above ``min_rows``,
-so that many rows are looked ahead to decide).
+the readers one at a time; with Ray they go into Ray's object store as they are read (Ray only pays
+off above ``min_rows``, so that many rows are looked ahead in memory to decide).
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: 
     workers = proc_workers(ray_cfg, total) if ahead else 0
     timings: dict = {"ray_start_s": 0.0}
     if workers > 0:
-        chunks = ahead + list(blocks)
-        outs = _map_with_ray(chunks, workers, ray_cfg, proc_settings, progress, timings, kept)
+        outs = _map_with_ray(itertools.chain(ahead, blocks), workers, ray_cfg, proc_settings, progress, timings, kept)
     else:
         _log("processing rows in-process" + (f" ({total} rows)" if ahead else " as they are read"), progress)
         outs = _map_in_process(itertools.chain(ahead, blocks), proc_settings, kept)
@@ -115,18 +114,34 @@ def _start_ray(ray_cfg: RayDataConfig, workers: int) -> bool:
     return True
 
 
-def _map_with_ray(chunks: list[pa.Table], workers: int, ray_cfg: RayDataConfig, proc_settings: dict,
+def _put_blocks(blocks: Iterator[pa.Table], workers: int) -> tuple[list, int]:
+    """Every raw block into Ray's object store as it is read (which spills to disk when full, so the
+    driver holds references, not the input); few blocks are re-cut so every worker gets several."""
+    import ray
+
+    refs, total = [], 0
+    for c in blocks:
+        refs.append(ray.put(c))
+        total += c.num_rows
+    if 0 < len(refs) < 4 * workers:
+        table = pa.concat_tables(ray.get(refs))
+        size = max(1, -(-table.num_rows // (4 * workers)))
+        refs = [ray.put(table.slice(i, size)) for i in range(0, table.num_rows, size)]
+    return refs, total
+
+
+def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConfig, proc_settings: dict,
                   progress: bool, timings: dict, kept) -> list[pa.Table]:
     import ray
 
     from .process import process_batch
 
     t0 = time.time()
-    total = sum(c.num_rows for c in chunks)
     started = _start_ray(ray_cfg, workers)
     try:
         import ray.data
 
+        timings["ray_start_s"] = round(time.time() - t0, 3)
         _quiet_ray_loggers()  # (again: importing ray.data configures its logger)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = False  # the driver orders rows itself (source, file, line)
@@ -134,20 +149,17 @@ def _map_with_ray(chunks: list[pa.Table], workers: int, ray_cfg: RayDataConfig, 
             ctx.enable_progress_bars = False
         except Exception:  # pragma: no cover
             pass
-        if len(chunks) < 4 * workers:  # give every worker several blocks (slices are zero-copy)
-            table = pa.concat_tables(chunks)
-            size = max(1, -(-table.num_rows // (4 * workers)))
-            chunks = [table.slice(i, size) for i in range(0, table.num_rows, size)]
-        _log(f"processing {total} rows with Ray Data ({workers} workers, {len(chunks)} blocks)", progress)
-        timings["ray_start_s"] = round(time.time() - t0, 3)
+        refs, total = _put_blocks(blocks, workers)
+        _log(f"processing {total} rows with Ray Data ({workers} workers, {len(refs)} blocks)", progress)
         try:
             compute = {"compute": ray.data.TaskPoolStrategy(size=workers)}
         except AttributeError:  # older Ray
             compute = {"concurrency": workers}
-        ds = ray.data.from_arrow(chunks).map_batches(
+        ds = ray.data.from_arrow_refs(refs).map_batches(
             process_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"settings": proc_settings},
             num_cpus=1, zero_copy_batch=True, **compute,
         )
+        del refs  # the dataset owns the blocks now: each is freed once processed
         bar = _Progress(total, progress)
         outs = []
         for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -13,15 +13,18 @@ training call it, before any process group exists), as named steps:
 3. dedup (:mod:`.dedup`): exact and near (MinHash LSH) duplicates;
 4. split and mix (:mod:`.split_mix`): per-source validation split, mixture weights (deterministic
    from ``trainer.seed``);
-5. pack (:mod:`.pack`): best-fit-decreasing packing into rows;
+5. pack (:mod:`.pack`): best-fit-decreasing packing plan (which samples form which row);
 6. report (:mod:`.report`): ``data_report.json``, rejects and repairs records;
 7. write (:mod:`.write`): ``rejects.jsonl``, ``repairs.jsonl``, ``data_report.json``, shards,
    ``val/`` and, last, ``manifest.json`` into a temp folder that is swapped into place.
 
 Memory: steps 1-2 in-process hold the reader's buffer (~1 MiB plus the record being read) and one
-block (``data.ray.block_rows`` rows) at a time, whatever the input size; steps 2-5 keep, per row read,
-its tokens (kept rows) or its raw text (rejected rows, up to ``data.rejects_raw_max_chars``) until
-the output is written, so prep's peak memory follows the kept tokens (bench/bench_prep_memory.py).
+block (``data.ray.block_rows`` rows) at a time, whatever the input size. Each processed block's raw
+text and tokens go to disk as it is done (:mod:`.spill`); steps 3-6 keep per row only its metadata
+(id, verdict, lengths, dedup key and MinHash signature: a few hundred bytes), and step 7 builds the
+shards one at a time, so prep's peak memory no longer follows the tokens (bench/bench_prep_memory.py).
+With Ray (above ``data.ray.min_rows`` rows) the driver still holds the raw input blocks it hands to
+Ray Data.
 
 The fingerprint (:mod:`.fingerprint`) makes a rerun with nothing changed a cache hit.
 """
