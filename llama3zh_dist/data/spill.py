@@ -27,6 +27,9 @@ import pyarrow as pa
 from .packing import build_rows
 
 HEAVY = ("raw", "input_ids", "labels")
+# Output rows built (and written as one Parquet row group) at a time: bounds the write step's memory
+# by piece_rows x max_seq_len tokens plus one shard's samples, whatever data.shard_rows is.
+PIECE_ROWS = 512
 
 
 def _take(path: Path, columns: Sequence[str], rows: np.ndarray) -> pa.Table:
@@ -76,31 +79,40 @@ class Spill:
 
     # ---------------------------------------------------------------- output shards
     def shards(self, rows: pa.Table, sample_row: np.ndarray, sample_ids: list[str], bins: list[list[int]],
-               shard_rows: int, *, packed: bool = True) -> Iterator[pa.Table]:
-        """Tables of at most ``shard_rows`` rows built from ``bins`` (lists of sample indices); sample
-        ``s`` is light row ``sample_row[s]`` named ``sample_ids[s]``. Columns as
-        :func:`.packing.build_rows`: with ``sources`` (``packed``), or one sample per row and its
-        ``source`` (validation)."""
+               shard_rows: int, *, packed: bool = True, piece_rows: int = PIECE_ROWS) -> Iterator[Iterator[pa.Table]]:
+        """Per output shard of at most ``shard_rows`` rows, its rows as tables of at most ``piece_rows``
+        rows (one Parquet row group each), built from ``bins`` (lists of sample indices); sample ``s``
+        is light row ``sample_row[s]`` named ``sample_ids[s]``. Columns as :func:`.packing.build_rows`:
+        with ``sources`` (``packed``), or one sample per row and its ``source`` (validation)."""
         if not bins:
             return
         order = np.fromiter((s for b in bins for s in b), dtype=np.int64, count=sum(len(b) for b in bins))
         bin_of = np.repeat(np.arange(len(bins)), [len(b) for b in bins])
         shard_of = bin_of // shard_rows  # output position -> shard
-        n_shards = max(1, -(-len(bins) // shard_rows))
+        n_shards = -(-len(bins) // shard_rows)
         buckets = self._scatter(rows, sample_row[order], shard_of, n_shards)
-        srcs = rows.column("source").to_numpy(zero_copy_only=False)
+        # per output position: the sample's id and source
+        names = [sample_ids[i] for i in order]
+        sources = rows.column("source").to_numpy(zero_copy_only=False)[sample_row[order]]
         first_pos = np.searchsorted(shard_of, np.arange(n_shards))
         for s in range(n_shards):
             b0, b1 = s * shard_rows, min(len(bins), (s + 1) * shard_rows)
-            p0 = first_pos[s]
-            heavy = self._bucket(buckets, s)  # this shard's samples in output order
-            pos = np.arange(p0, p0 + heavy.num_rows)
-            samples = heavy.append_column("id", pa.array([sample_ids[i] for i in order[pos]], pa.string()))
-            samples = samples.append_column("source", pa.array(srcs[sample_row[order[pos]]], pa.string()))
-            local, k = [], 0
-            for b in bins[b0:b1]:
-                local.append(list(range(k, k + len(b))))
-                k += len(b)
+            yield self._pieces(buckets, s, bins[b0:b1], int(first_pos[s]), names, sources, packed, piece_rows)
+
+    def _pieces(self, buckets: list[Path], s: int, bins: list[list[int]], p0: int, names: list[str],
+                sources: np.ndarray, packed: bool, piece_rows: int) -> Iterator[pa.Table]:
+        """One shard's rows, ``piece_rows`` at a time, from its bucket (its samples start at output
+        position ``p0``)."""
+        heavy = self._bucket(buckets, s)  # this shard's samples in output order
+        k = 0
+        for r0 in range(0, len(bins), piece_rows):
+            part = bins[r0:r0 + piece_rows]
+            n = sum(len(b) for b in part)
+            pos = np.arange(p0 + k, p0 + k + n)
+            samples = heavy.slice(k, n).append_column("id", pa.array([names[i] for i in pos], pa.string()))
+            samples = samples.append_column("source", pa.array(sources[pos], pa.string()))
+            local = np.split(np.arange(n), np.cumsum([len(b) for b in part])[:-1])
+            k += n
             if packed:
                 yield build_rows(samples, local)
             else:

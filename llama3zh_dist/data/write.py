@@ -25,16 +25,25 @@ FORMAT_VERSION = 1
 COLUMNS = ["input_ids", "labels", "position_ids", "sample_ids", "sources"]
 
 
-def write_shards(folder: Path, tables: Iterable[pa.Table]) -> list[str]:
+def write_shards(folder: Path, shards: Iterable[Iterable[pa.Table]]) -> list[str]:
+    """One ``part-NNNNN.parquet`` per shard, each piece of it one row group."""
     names = []
-    for s, table in enumerate(tables):
+    for s, pieces in enumerate(shards):
         name = f"part-{s:05d}.parquet"
-        pq.write_table(table, folder / name, compression="zstd")
+        writer = None
+        try:
+            for piece in pieces:
+                if writer is None:
+                    writer = pq.ParquetWriter(folder / name, piece.schema, compression="zstd")
+                writer.write_table(piece)
+        finally:
+            if writer is not None:
+                writer.close()
         names.append(name)
     return names
 
 
-def write_val(folder: Path, tables: Iterable[pa.Table]) -> list[str]:
+def write_val(folder: Path, tables: Iterable[Iterable[pa.Table]]) -> list[str]:
     (folder / "val").mkdir()
     names = ["val/" + n for n in write_shards(folder / "val", tables)]
     if not names:
