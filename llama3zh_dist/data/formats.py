@@ -13,7 +13,7 @@ from ..llama3.chat_format import ConversationError, check_messages
 from .repair import DEFAULTS as REPAIR_DEFAULTS, RoleError, resolve_role
 
 if TYPE_CHECKING:
-    from .sources import SourceSpec
+    from .source_spec import SourceSpec
 
 # Each format's own role names; aliases and tool-call roles: see repair.resolve_role.
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
