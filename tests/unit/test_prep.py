@@ -379,6 +379,20 @@ def test_output_does_not_depend_on_the_order_rows_come_back_from_workers(corpus,
     assert (out / "rejects.jsonl").read_text() == (prepared / "rejects.jsonl").read_text()
 
 
+def test_many_shards_and_row_groups_hold_exactly_the_rows_of_one(corpus, prepared, tmp_path, monkeypatch):
+    # the write step builds each shard from the tokens spilled to disk, a few rows at a time
+    from llama3zh_dist.data.spill import Spill
+
+    monkeypatch.setitem(Spill.shards.__kwdefaults__, "piece_rows", 2)
+    out = prepare_dataset(make_cfg(tmp_path, corpus["sources"], shard_rows=3))
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) > 2 and pq.ParquetFile(parts[0]).num_row_groups == 2
+    assert json.loads((out / "manifest.json").read_text())["shards"] == [p.name for p in parts]
+    assert _rows(out).equals(_rows(prepared))
+    assert (out / "rejects.jsonl").read_text() == (prepared / "rejects.jsonl").read_text()
+    assert not list(tmp_path.glob(".out.spill-*"))
+
+
 def test_a_crash_mid_prep_leaves_no_folder_that_looks_complete(corpus, tmp_path, monkeypatch):
     from llama3zh_dist.data import write as write_mod
 
