@@ -103,20 +103,25 @@ class Spill:
                 sources: np.ndarray, packed: bool, piece_rows: int) -> Iterator[pa.Table]:
         """One shard's rows, ``piece_rows`` at a time, from its bucket (its samples start at output
         position ``p0``)."""
-        heavy = self._bucket(buckets, s)  # this shard's samples in output order
-        k = 0
-        for r0 in range(0, len(bins), piece_rows):
-            part = bins[r0:r0 + piece_rows]
-            n = sum(len(b) for b in part)
-            pos = np.arange(p0 + k, p0 + k + n)
-            samples = heavy.slice(k, n).append_column("id", pa.array([names[i] for i in pos], pa.string()))
-            samples = samples.append_column("source", pa.array(sources[pos], pa.string()))
-            local = np.split(np.arange(n), np.cumsum([len(b) for b in part])[:-1])
-            k += n
-            if packed:
-                yield build_rows(samples, local)
-            else:
-                yield build_rows(samples, local, extra=()).append_column("source", samples.column("source"))
+        with pa.memory_map(str(buckets[s])) as src:
+            bucket = pa.ipc.open_stream(src).read_all()  # this shard's samples, in spill order
+            in_order = np.argsort(bucket.column("pos").to_numpy(), kind="stable")
+            k = 0
+            for r0 in range(0, len(bins), piece_rows):
+                part = bins[r0:r0 + piece_rows]
+                n = sum(len(b) for b in part)
+                pos = np.arange(p0 + k, p0 + k + n)
+                samples = bucket.select(["input_ids", "labels"]).take(pa.array(in_order[k:k + n]))  # a copy
+                samples = samples.append_column("id", pa.array([names[i] for i in pos], pa.string()))
+                samples = samples.append_column("source", pa.array(sources[pos], pa.string()))
+                local = np.split(np.arange(n), np.cumsum([len(b) for b in part])[:-1])
+                k += n
+                if packed:
+                    yield build_rows(samples, local)
+                else:
+                    yield build_rows(samples, local, extra=()).append_column("source", samples.column("source"))
+            del bucket
+        buckets[s].unlink()
 
     def _scatter(self, rows: pa.Table, light_idx: np.ndarray, shard_of: np.ndarray, n_shards: int) -> list[Path]:
         """Write each output position's ``input_ids``/``labels`` into its shard's bucket file (with its
@@ -140,11 +145,3 @@ class Spill:
             for w in writers:
                 w.close()
         return paths
-
-    @staticmethod
-    def _bucket(paths: list[Path], s: int) -> pa.Table:
-        with pa.memory_map(str(paths[s])) as src:
-            t = pa.ipc.open_stream(src).read_all()
-            t = t.take(pa.array(np.argsort(t.column("pos").to_numpy(), kind="stable"))).select(["input_ids", "labels"])
-        paths[s].unlink()
-        return t
