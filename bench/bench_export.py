@@ -49,7 +49,7 @@ def _timed(cmd: list[str], env: dict) -> dict:
 
 def _ours(ckpt: str, out: str, dtype: str, workers: int, verify: bool = True) -> None:
     from llama3zh_dist.export import export_checkpoint
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     s = export_checkpoint(ckpt, out, tokenizer=load_tokenizer(None), dtype=dtype, workers=workers,
                           verify=verify)

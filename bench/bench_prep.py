@@ -122,8 +122,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
     from llama3zh_dist.data.prep import prepare_dataset
-    from llama3zh_dist.data.template import get_encoder
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.chat_format import get_encoder
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -13,9 +13,9 @@ share caches. Figures:
   map format, repair, clean, validate, tokenise + mask, dedup keys), block by block, outputs
   counted and dropped. This stage is bounded: reader buffer (~1 MiB + one record) + one block.
 - ``read``: the reader alone (``readers.iter_records`` + ``json.loads`` of every record).
-- ``prep``: the whole ``prepare_dataset`` (driver-side dedup, mixture, packing and the output
-  table hold every kept sample's tokens, so this grows with the kept tokens) at the ``--prep-mb``
-  sizes.
+- ``prep``: the whole ``prepare_dataset`` at the ``--prep-mb`` sizes. Raw text and tokens are
+  spilled to disk block by block and the shards built one at a time, so what grows with the input is
+  only the driver's per-row metadata (ids, verdicts, lengths, dedup keys).
 
 Near-dedup is off in every stage (the corpus repeats its bodies; see ``_child``).
 """
@@ -100,13 +100,13 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
             rows += 1
     elif stage == "stream":
         from llama3zh_dist.data.process import process_batch
+        from llama3zh_dist.data.settings import data_config, process_settings
         from llama3zh_dist.data.sources import source_specs
         from llama3zh_dist.data.stream import raw_blocks
-        from llama3zh_dist.data.template import get_encoder
+        from llama3zh_dist.llama3.chat_format import get_encoder
 
-        settings = P.data_settings(cfg)
         specs = source_specs(cfg.data)
-        proc = P.process_settings(specs, settings, get_encoder(None), "bench")
+        proc = process_settings(specs, data_config(cfg.data), get_encoder(None), "bench")
         meta: dict = {}
         last = time.perf_counter()
         for block in raw_blocks(specs, 2000, False, meta):

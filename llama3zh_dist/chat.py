@@ -21,8 +21,7 @@ from omegaconf import DictConfig
 
 from .config import load_config, resolve_path
 from .errors import UserError, exits_cleanly_on_user_error
-
-END_TOKENS = ("<|eot_id|>", "<|end_of_text|>")
+from .llama3.tokens import STOP_TOKENS
 
 
 def resolve_model_folder(cfg: DictConfig, argv: list[str] = ()) -> Path:
@@ -58,7 +57,7 @@ class ChatModel:
             str(folder), local_files_only=True, trust_remote_code=trust, dtype="auto"
         ).to(device).eval()
         self.device = device
-        self.stop_ids = [i for i in self.tok.convert_tokens_to_ids(list(END_TOKENS)) if i is not None]
+        self.stop_ids = [i for i in self.tok.convert_tokens_to_ids(list(STOP_TOKENS)) if i is not None]
         self.c = cfg.chat
 
     def _generate_kwargs(self, messages: list[dict]) -> dict:

@@ -8,13 +8,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data.loader import MicroBatch
+from .llama3.tokens import BOS_ID, END_OF_TEXT_ID, EOT_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
-# Llama 3 ids of the tokens a chat model needs (same in every Llama 3 / 3.1 tokenizer).
-BOS_ID, END_OF_TEXT_ID, PAD_ID, EOT_ID = 128000, 128001, 128004, 128009
 
 
 def hf_config_for_random_init(cfg: DictConfig):

@@ -16,7 +16,8 @@ from .errors import exits_cleanly_on_user_error
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     from .config import load_config
-    from .data.prep import format_report, prepare_dataset
+    from .data.prep import prepare_dataset
+    from .data.report import format_report
 
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     out = prepare_dataset(cfg)

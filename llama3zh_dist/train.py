@@ -302,8 +302,9 @@ class SFTRecipe:
         """Logits of REFERENCE_PROMPTS from the trained model (computed by all ranks now)."""
         from safetensors.torch import save_file
 
-        from .data.template import encode_dialog
-        from .tokenizer import load_tokenizer
+        from .llama3.chat_format import encode_dialog
+        from .llama3.hf_tokenizer import load_tokenizer
+        from .llama3.tokens import PAD_ID
 
         tok = load_tokenizer(self.cfg.model.path, bool(self.cfg.model.trust_remote_code))
         self.engine.eval()
@@ -317,7 +318,7 @@ class SFTRecipe:
         self.engine.train()
         n = max(len(i) for i in ids_list)
         # Left-align and record lengths; the exporter compares only the real positions.
-        ids = torch.full((len(ids_list), n), 128004, dtype=torch.long)
+        ids = torch.full((len(ids_list), n), PAD_ID, dtype=torch.long)
         logits = torch.zeros(len(ids_list), n, logits_list[0].shape[-1])
         lengths = torch.tensor([len(i) for i in ids_list])
         for k, (i, lg) in enumerate(zip(ids_list, logits_list)):

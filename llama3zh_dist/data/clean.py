@@ -118,22 +118,7 @@ class IdentityRewriter:
 
 
 # ---------------------------------------------------------------- refusal filter
-DEFAULT_REFUSAL_PHRASES = [
-    "作为一个AI语言模型",
-    "作为一个人工智能语言模型",
-    "作为AI语言模型",
-    "作为一个语言模型",
-    "我是一个AI语言模型，无法",
-    "As an AI language model",
-    "as a language model, I",
-    "I'm sorry, but I cannot",
-    "I am sorry, but I cannot",
-    "I cannot fulfill",
-    "OpenAI's content policy",
-    "OpenAI的使用政策",
-]
-
-
+# (the phrases: data.clean.refusal.phrases in conf/data/_common.yaml)
 class RefusalFilter:
     def __init__(self, phrases: Sequence[str]):
         self.phrases = [p.lower() for p in phrases if p]

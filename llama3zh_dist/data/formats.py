@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..llama3.chat_format import ConversationError, check_messages
 from .repair import DEFAULTS as REPAIR_DEFAULTS, RoleError, resolve_role
 
 if TYPE_CHECKING:
-    from .sources import SourceSpec
+    from .source_spec import SourceSpec
 
 # Each format's own role names; aliases and tool-call roles: see repair.resolve_role.
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -240,19 +241,9 @@ def row_id(obj: Any, spec: "SourceSpec") -> str | None:
 
 
 def validate_messages(msgs: list[dict]) -> None:
-    """SPEC structure: optional system first, then user/assistant alternating from user, ending with
-    assistant, every content non-empty. Raises :class:`Reject` with the reason."""
-    if not msgs:
-        raise Reject("no_assistant_turn", "no messages")
-    for i, m in enumerate(msgs):
-        if not m["content"].strip():
-            raise Reject("empty_turn", f"message {i} ({m['role']}) is empty")
-    if not any(m["role"] == "assistant" for m in msgs):
-        raise Reject("no_assistant_turn", "no assistant message")
-    start = 1 if msgs[0]["role"] == "system" else 0
-    for i in range(start, len(msgs)):
-        want = "user" if (i - start) % 2 == 0 else "assistant"
-        if msgs[i]["role"] != want:
-            raise Reject("wrong_role_order", f"message {i} is {msgs[i]['role']!r}, expected {want!r}")
-    if msgs[-1]["role"] != "assistant":
-        raise Reject("wrong_role_order", "ends with a user turn, not an assistant turn")
+    """SPEC structure (:func:`llama3zh_dist.llama3.chat_format.check_messages`); raises
+    :class:`Reject` with the reason."""
+    try:
+        check_messages(msgs)
+    except ConversationError as e:
+        raise Reject(e.reason, e.detail) from None

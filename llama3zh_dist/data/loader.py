@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-IGNORE_INDEX = -100
+from ..llama3.tokens import IGNORE_INDEX
 
 
 def read_rows(folder: Path, pattern: str = "part-*.parquet") -> pa.Table:

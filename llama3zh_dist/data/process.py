@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..tokenizer import BOS_ID
+from ..llama3.tokens import BOS_ID, IGNORE_INDEX
 from .clean import (
     IdentityRewriter,
     RefusalFilter,
@@ -30,7 +30,6 @@ from .clean import (
 from .repair import repair_messages
 from .formats import row_id
 from .sources import Reject, SourceSpec, to_messages, validate_messages
-from .template import IGNORE_INDEX
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -84,118 +83,134 @@ def _row_id(spec_name: str, raw_id: str | None, file_idx: int, line: int, multi_
     return f"{spec_name}:{file_idx}:{line}" if multi_file else f"{spec_name}:{line}"
 
 
+def _clean(msgs: list[dict], clean: dict, identity) -> tuple[bool, bool, bool]:
+    """Clean every turn in place; (whitespace, t2s, identity) changed anything. Every turn is
+    stripped regardless (the canonical form, see llama3/chat_format.py)."""
+    ws = t2s = ident = False
+    for m in msgs:
+        c = m["content"]
+        if clean["whitespace"]:
+            c2 = normalize_whitespace(c)
+            ws |= c2 != c.strip()
+        else:
+            c2 = c.strip()
+        if clean["traditional_to_simplified"]:
+            c3 = to_simplified(c2)
+            t2s |= c3 != c2
+            c2 = c3
+        if identity is not None and m["role"] == "assistant":
+            c3 = identity(c2)
+            ident |= c3 != c2
+            c2 = c3
+        m["content"] = c2
+    return ws, t2s, ident
+
+
+def _check_refusal(msgs: list[dict], refusal) -> None:
+    if refusal is None:
+        return
+    for m in msgs:
+        if m["role"] == "assistant":
+            hit = refusal.match(m["content"])
+            if hit:
+                raise Reject("refusal", f"assistant text contains {hit!r}")
+
+
+def _fit(msgs: list[dict], per_msg: list[list[int]], max_len: int, overlong: str):
+    """(msgs, per_msg, truncated) within ``max_len`` tokens: cut after the last assistant turn that
+    fits (``overlong=truncate``), or reject as ``too_long``."""
+    total = 1 + sum(len(t) for t in per_msg)
+    if total <= max_len:
+        return msgs, per_msg, False
+    if overlong != "truncate":
+        raise Reject("too_long", f"{total} tokens > data.max_seq_len={max_len}")
+    start = 1 if msgs[0]["role"] == "system" else 0
+    keep, run = 0, 1
+    for i, t in enumerate(per_msg):
+        run += len(t)
+        if run > max_len:
+            break
+        if msgs[i]["role"] == "assistant" and i > start:
+            keep = i + 1
+    if keep == 0:
+        raise Reject("too_long", f"{total} tokens; even the first exchange exceeds data.max_seq_len={max_len}")
+    return msgs[:keep], per_msg[:keep], True
+
+
+def _ids_and_labels(msgs: list[dict], per_msg: list[list[int]], all_turns: bool, h: int):
+    """(ids, labels, supervised tokens): loss on assistant content + <|eot_id|> (``h``: header length)."""
+    last_asst = len(msgs) - 1
+    ids = [BOS_ID]
+    labels = [IGNORE_INDEX]
+    n_sup = 0
+    for i, (m, t) in enumerate(zip(msgs, per_msg)):
+        ids += t
+        if m["role"] == "assistant" and (all_turns or i == last_asst):
+            labels += _IGNORE_RUN[:h] if h <= len(_IGNORE_RUN) else [IGNORE_INDEX] * h
+            labels += t[h:]
+            n_sup += len(t) - h
+        else:
+            labels += [IGNORE_INDEX] * len(t)
+    if n_sup == 0:
+        raise Reject("no_supervised_tokens", "no assistant token to learn from")
+    return ids, labels, n_sup
+
+
+def _dedup_fields(msgs: list[dict], clean: dict) -> dict:
+    nd = clean["near_dedup"]
+    norm = dedup_text(msgs) if (clean["exact_dedup"] or nd["enabled"]) else ""
+    return {
+        "key": exact_key(norm) if clean["exact_dedup"] else None,
+        "sig": minhash_signature(norm, nd["num_perm"], nd["ngram"]).astype(np.uint32) if nd["enabled"] else None,
+    }
+
+
+def _messages(raw: str, error: str | None, spec: SourceSpec, settings: dict, repairs: Counter, out: dict) -> list[dict]:
+    """Parse and convert one raw row (its own id into ``out``); Reject if unreadable."""
+    if error is not None:  # the unreadable rest of a file (readers.iter_records)
+        raise Reject("bad_json", error)
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise Reject("bad_json", str(e)[:200]) from None
+    # rejects carry the row's own id too
+    out["id"] = _row_id(spec.name, row_id(obj, spec), out["file"], out["line"], settings["multi_file"][spec.name])
+    msgs, _ = to_messages(obj, spec, settings["repair"], repairs)
+    return msgs
+
+
 def process_row(source: str, file_idx: int, line: int, raw: str, settings: dict, error: str | None = None) -> dict:
+    """One raw row -> its output record (OUTPUT_SCHEMA): tokens and stats if kept, else the reject
+    reason and detail. Parse, convert, clean, repair, validate, refusal filter, tokenise, fit."""
     tools = _tools(settings)
-    spec = tools["specs"][source]
-    multi = settings["multi_file"][source]
     clean = settings["clean"]
-    enc = settings["encoder"]
     limit = settings["raw_max_chars"]
     # raw is kept for every row: filters decided later in the driver (duplicates, down-sampling)
     # write it to rejects.jsonl too
     out: dict[str, Any] = {
-        "source": source,
-        "file": file_idx,
-        "line": line,
-        "status": "",
-        "detail": "",
+        "source": source, "file": file_idx, "line": line, "status": "", "detail": "",
         "raw": raw if len(raw) <= limit else raw[:limit] + "…[truncated]",
+        "id": _row_id(source, None, file_idx, line, settings["multi_file"][source]),
     }
-    out["id"] = _row_id(source, None, file_idx, line, multi)
     repairs: Counter = Counter()
     try:
-        if error is not None:  # the unreadable rest of a file (readers.iter_records)
-            raise Reject("bad_json", error)
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise Reject("bad_json", str(e)[:200]) from None
-        out["id"] = _row_id(source, row_id(obj, spec), file_idx, line, multi)  # rejects carry the row's own id too
-        msgs, _ = to_messages(obj, spec, settings["repair"], repairs)
-        # cleaning (per row); every turn is stripped regardless (canonical form, see tokenizer.py)
-        ws = t2s = ident = False
-        for m in msgs:
-            c = m["content"]
-            if clean["whitespace"]:
-                c2 = normalize_whitespace(c)
-                ws |= c2 != c.strip()
-            else:
-                c2 = c.strip()
-            if clean["traditional_to_simplified"]:
-                c3 = to_simplified(c2)
-                t2s |= c3 != c2
-                c2 = c3
-            if tools["identity"] is not None and m["role"] == "assistant":
-                c3 = tools["identity"](c2)
-                ident |= c3 != c2
-                c2 = c3
-            m["content"] = c2
+        msgs = _messages(raw, error, tools["specs"][source], settings, repairs, out)
+        ws, t2s, ident = _clean(msgs, clean, tools["identity"])
         msgs = repair_messages(msgs, settings["repair"], repairs)
         try:
             validate_messages(msgs)
         except Reject as r:  # say what the repairs left, so "no messages" is not a mystery
             raise Reject(r.reason, f"{r.detail} (after repairs {dict(repairs)})" if repairs else r.detail) from None
-        if tools["refusal"] is not None:
-            for m in msgs:
-                if m["role"] == "assistant":
-                    hit = tools["refusal"].match(m["content"])
-                    if hit:
-                        raise Reject("refusal", f"assistant text contains {hit!r}")
+        _check_refusal(msgs, tools["refusal"])
         # tokenise: per message header + content + eot, as Meta's reference
-        per_msg = enc.encode_messages(msgs)
-        total = 1 + sum(len(t) for t in per_msg)
-        truncated = False
-        max_len = settings["max_seq_len"]
-        if total > max_len:
-            if settings["overlong"] != "truncate":
-                raise Reject("too_long", f"{total} tokens > data.max_seq_len={max_len}")
-            start = 1 if msgs[0]["role"] == "system" else 0
-            keep, run = 0, 1
-            for i, t in enumerate(per_msg):
-                run += len(t)
-                if run > max_len:
-                    break
-                if msgs[i]["role"] == "assistant" and i > start:
-                    keep = i + 1
-            if keep == 0:
-                raise Reject("too_long", f"{total} tokens; even the first exchange exceeds data.max_seq_len={max_len}")
-            msgs, per_msg, truncated = msgs[:keep], per_msg[:keep], True
-        last_asst = len(msgs) - 1
-        all_turns = settings["train_on"] == "all_assistant"
-        h = settings["assistant_header_len"]
-        ids = [BOS_ID]
-        labels = [IGNORE_INDEX]
-        n_sup = 0
-        for i, (m, t) in enumerate(zip(msgs, per_msg)):
-            ids += t
-            if m["role"] == "assistant" and (all_turns or i == last_asst):
-                labels += _IGNORE_RUN[:h] if h <= len(_IGNORE_RUN) else [IGNORE_INDEX] * h
-                labels += t[h:]
-                n_sup += len(t) - h
-            else:
-                labels += [IGNORE_INDEX] * len(t)
-        if n_sup == 0:
-            raise Reject("no_supervised_tokens", "no assistant token to learn from")
-        text = "".join(m["content"] for m in msgs)
-        norm = dedup_text(msgs) if (clean["exact_dedup"] or clean["near_dedup"]["enabled"]) else ""
-        zh, nonspace = char_stats(text)
-        out.update(
-            input_ids=ids,
-            labels=labels,
-            n_tokens=len(ids),
-            n_sup=n_sup,
-            n_turns=len(msgs),
-            truncated=truncated,
-            zh_chars=zh,
-            chars=nonspace,
-            key=exact_key(norm) if clean["exact_dedup"] else None,
-            sig=minhash_signature(norm, clean["near_dedup"]["num_perm"], clean["near_dedup"]["ngram"]).astype(np.uint32)
-            if clean["near_dedup"]["enabled"]
-            else None,
-            ws_changed=ws,
-            t2s_changed=t2s,
-            identity_changed=ident,
-        )
+        per_msg = settings["encoder"].encode_messages(msgs)
+        msgs, per_msg, truncated = _fit(msgs, per_msg, settings["max_seq_len"], settings["overlong"])
+        ids, labels, n_sup = _ids_and_labels(msgs, per_msg, settings["train_on"] == "all_assistant",
+                                             settings["assistant_header_len"])
+        zh, nonspace = char_stats("".join(m["content"] for m in msgs))
+        out.update(input_ids=ids, labels=labels, n_tokens=len(ids), n_sup=n_sup, n_turns=len(msgs),
+                   truncated=truncated, zh_chars=zh, chars=nonspace, ws_changed=ws, t2s_changed=t2s,
+                   identity_changed=ident, **_dedup_fields(msgs, clean))
     except Reject as r:
         out.update(status=r.reason, detail=r.detail)
     if repairs:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
+from .sources import FILTER_REASONS, VALIDATION_REASONS
 
-def write_rejects(path: Path, rejects: list[dict], files_of: dict) -> None:
+
+def write_rejects(path: Path, rejects: Iterable[dict], files_of: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rejects:
             files = files_of.get(r["source"], [])
@@ -51,6 +54,145 @@ def write_repairs(path: Path, records: list[dict], files_of: dict) -> None:
             files = files_of.get(r["source"], [])
             rec = dict(r, file=files[r["file"]] if r["file"] < len(files) else None)
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- data_report.json
+HIST_EDGES = [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+
+
+def _column(rows: pa.Table, name: str) -> np.ndarray:
+    return rows.column(name).to_numpy(zero_copy_only=False)
+
+
+def _source_reports(rows, v, split, specs, meta: dict) -> dict:
+    """Per source: read / kept / rejected by reason, the mixture and the tokens it contributes."""
+    n_tok, n_sup, trunc = _column(rows, "n_tokens"), _column(rows, "n_sup"), _column(rows, "truncated")
+    by_reason_src: dict[str, Counter] = defaultdict(Counter)
+    for i in v.rejected():
+        by_reason_src[v.source[i]][v.reason[i]] += 1
+    kept_src = np.array([v.source[i] for i in split.kept_rows], dtype=object)
+    train_arr = np.asarray(split.train_idx, dtype=np.int64)
+    train_src = np.array([v.source[i] for i in split.train_idx], dtype=object)
+    out = {}
+    for spec in specs:
+        name = spec.name
+        k_idx = split.kept_rows[kept_src == name] if len(kept_src) else split.kept_rows
+        t_idx = train_arr[train_src == name] if len(train_src) else train_arr
+        rej = by_reason_src.get(name, Counter())
+        out[name] = {
+            "format": spec.format,
+            "files": meta["files"].get(name, []),
+            "read": meta["read"].get(name, 0),
+            "kept": int(len(k_idx)),
+            "rejected": int(sum(rej.values())),
+            "by_reason": dict(sorted(rej.items())),
+            "weight": spec.weight,
+            "train_samples": int(len(t_idx)),
+            "val_samples": split.mixture[name]["val"],
+            "tokens": int(n_tok[t_idx].sum()) if len(t_idx) else 0,
+            "supervised_tokens": int(n_sup[t_idx].sum()) if len(t_idx) else 0,
+            "truncated": int(trunc[k_idx].sum()) if len(k_idx) else 0,
+        }
+    for name, s in out.items():
+        assert s["kept"] + s["rejected"] == s["read"], f"row accounting broken for source {name}: {s}"
+    return out
+
+
+def _length_stats(lengths: np.ndarray) -> dict:
+    if not len(lengths):
+        return {"min": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0}
+    return {"min": int(lengths.min()), "mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
+            "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())}
+
+
+def _cleaning(rows, kept: np.ndarray, clean, removed: dict, all_reasons: Counter) -> dict:
+    def kept_sum(col: str) -> int:
+        return int(_column(rows, col)[kept].sum()) if len(kept) else 0
+
+    return {
+        "whitespace_changed": kept_sum("ws_changed"),
+        "traditional_to_simplified_changed": kept_sum("t2s_changed"),
+        "identity_rewritten": kept_sum("identity_changed"),
+        "exact_duplicates_removed": removed["exact"],
+        "near_duplicates_removed": removed["near"],
+        "refusals_removed": int(all_reasons.get("refusal", 0)),
+        "truncated_at_turn_boundary": kept_sum("truncated"),
+        "enabled": {
+            "whitespace": bool(clean.whitespace),
+            "traditional_to_simplified": bool(clean.traditional_to_simplified),
+            "exact_dedup": bool(clean.exact_dedup),
+            "near_dedup": bool(clean.near_dedup.enabled),
+            "identity": bool(clean.identity.enabled),
+            "refusal": bool(clean.refusal.enabled),
+        },
+    }
+
+
+def build_report(rows: pa.Table, v, split, packed, removed: dict, specs, meta: dict, dc) -> dict:
+    """``data_report.json`` (less what the write step adds): counts per source and per reason,
+    cleaning, mixture, lengths and packing. ``split.kept_rows``: every kept row (train or val)."""
+    sources = _source_reports(rows, v, split, specs, meta)
+    all_reasons: Counter = Counter()
+    for s in sources.values():
+        all_reasons.update(s["by_reason"])
+    val_reasons = {r: c for r, c in all_reasons.items() if r in VALIDATION_REASONS}
+    kept = split.kept_rows
+    lengths = packed.lengths
+    tokens, sup = int(lengths.sum()), int(packed.supervised.sum())
+    zh, chars = _column(rows, "zh_chars"), _column(rows, "chars")
+    hist = np.histogram(np.clip(lengths, 0, HIST_EDGES[-1] - 1), bins=HIST_EDGES)[0] if len(lengths) else np.zeros(len(HIST_EDGES) - 1)
+    return {
+        "read": int(sum(meta["read"].values())),
+        "kept": int(len(kept)),
+        "rejected": int(sum(all_reasons.values())),
+        "rejected_validation": int(sum(val_reasons.values())),
+        "by_reason": dict(sorted(all_reasons.items())),
+        "validation_by_reason": dict(sorted(val_reasons.items())),
+        "filter_reasons": list(FILTER_REASONS),
+        "train_samples": int(len(split.train_idx)),
+        "val_samples": int(len(split.val_idx)),
+        "tokens": tokens,
+        "supervised_tokens": sup,
+        "supervised_share": sup / tokens if tokens else 0.0,
+        "chinese_char_share": float(zh[kept].sum() / max(chars[kept].sum(), 1)) if len(kept) else 0.0,
+        "length_histogram": {"edges": HIST_EDGES, "counts": [int(x) for x in hist]},
+        "length_stats": _length_stats(lengths),
+        "cleaning": _cleaning(rows, kept, dc.clean, removed, all_reasons),
+        "mixture": split.mixture,
+        "packing": {
+            "enabled": bool(dc.packing),
+            "max_seq_len": int(dc.max_seq_len),
+            "rows": packed.rows,
+            "efficiency": packed.efficiency,
+            "samples_per_row": (len(lengths) / packed.rows) if packed.rows else 0.0,
+        },
+        "sources": sources,
+    }
+
+
+def add_repairs(report: dict, repair_counts: dict, read_errors: dict, repair_cfg, switches, out_dir: Path) -> None:
+    """Per source: the repairs made and the read errors (truncated files); totals and switches."""
+    for name, src in report["sources"].items():
+        src["repairs"] = repair_counts.get(name, {})
+        src["read_errors"] = read_errors.get(name, [])
+    total: Counter = Counter()
+    for c in repair_counts.values():
+        total.update(c)
+    report["repairs"] = {
+        "rows": dict(sorted(total.items())),
+        "enabled": {k: bool(getattr(repair_cfg, k)) for k in switches},
+        "file": str(out_dir / "repairs.jsonl"),
+    }
+
+
+def reject_records(v, raws: Callable[[list[int]], Iterable[str]]) -> Iterator[dict]:
+    """One record per rejected row, in input order, for ``rejects.jsonl``; ``raws(idx)`` gives the
+    raw text of rows ``idx`` in that order (from the spill, a window at a time)."""
+    idx = sorted(v.rejected(), key=v.order_key.__getitem__)
+    for i, raw in zip(idx, raws(idx)):
+        _, file_no, line = v.order_key[i]
+        yield {"source": v.source[i], "file": int(file_no), "line": int(line), "id": v.ids[i],
+               "reason": v.reason[i], "detail": v.detail[i], "raw": raw}
 
 
 # ---------------------------------------------------------------- console report

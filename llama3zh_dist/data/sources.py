@@ -20,13 +20,13 @@ from __future__ import annotations
 import glob as _glob
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserError
 from .readers import iter_records
 from .formats import Reject, to_messages, validate_messages  # noqa: F401  (the conversion API, re-exported)
+from .source_spec import SourceSpec
 
 FORMATS = ("sharegpt", "alpaca", "zhihu", "firefly", "messages", "columns")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -48,41 +48,6 @@ VALIDATION_REASONS = (
     "tool_call_role",
 )
 FILTER_REASONS = ("refusal", "duplicate", "near_duplicate", "downsampled")
-
-@dataclass
-class SourceSpec:
-    name: str
-    format: str
-    files: list[str]  # resolved local paths (empty for a Hub dataset)
-    weight: float = 1.0
-    hub: str | None = None
-    hub_subset: str | None = None
-    split: str = "train"
-    revision: str | None = None
-    columns: dict | None = None
-    prompt_template: str | None = None
-    system_prompt: str | None = None
-    id_field: str | None = None
-    roles: dict | None = None  # the source's own role names -> system/user/assistant (wins over aliases)
-
-    def settings(self) -> dict:
-        """What of this spec changes the output (for the fingerprint), minus file contents."""
-        return {
-            "name": self.name,
-            "format": self.format,
-            "files": [os.path.basename(f) for f in self.files],
-            "weight": self.weight,
-            "hub": self.hub,
-            "hub_subset": self.hub_subset,
-            "split": self.split,
-            "revision": self.revision,
-            "columns": self.columns,
-            "prompt_template": self.prompt_template,
-            "system_prompt": self.system_prompt,
-            "id_field": self.id_field,
-            "roles": self.roles,
-        }
-
 
 # ---------------------------------------------------------------- config -> specs
 def repo_root() -> Path:
@@ -215,7 +180,7 @@ def load_hub_dataset(spec: SourceSpec):
         import datasets
     except ImportError as e:  # pragma: no cover
         raise UserError(f"data.sources.{spec.name}.hub needs the datasets package ({e})") from None
-    from ..tokenizer import hub_reachable
+    from ..llama3.hf_tokenizer import hub_reachable
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if not offline and not hub_reachable():

@@ -199,7 +199,7 @@ def export_run_summary(cfg, step=None, *, wandb_run=None) -> dict:
     if step is None:
         step = exp.get("step")
     ckpt = resolve_checkpoint(run_dir, step)
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     model_path = OmegaConf.select(cfg, "model.path")
     tok = load_tokenizer(model_path, bool(OmegaConf.select(cfg, "model.trust_remote_code", default=False)))

@@ -10,13 +10,14 @@ import pathlib
 import torch
 
 from llama3zh_dist.errors import UserError
+from llama3zh_dist.llama3.tokens import BOS, BOS_ID, PAD, PAD_ID, STOP_TOKEN_IDS, STOP_TOKENS
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 # Llama 3 generation defaults (ids of the real Llama 3 tokenizer).
-GENERATION_DEFAULTS = {"bos_token_id": 128000, "eos_token_id": [128009, 128001], "pad_token_id": 128004}
+GENERATION_DEFAULTS = {"bos_token_id": BOS_ID, "eos_token_id": list(STOP_TOKEN_IDS), "pad_token_id": PAD_ID}
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -34,8 +35,7 @@ def write_generation_config(path: pathlib.Path, tokenizer, hf_config) -> None:
 
     ids = dict(GENERATION_DEFAULTS)
     vocab = tokenizer.get_vocab() if tokenizer is not None and hasattr(tokenizer, "get_vocab") else {}
-    named = {"bos_token_id": ["<|begin_of_text|>"], "eos_token_id": ["<|eot_id|>", "<|end_of_text|>"],
-             "pad_token_id": ["<|finetune_right_pad_id|>"]}
+    named = {"bos_token_id": [BOS], "eos_token_id": list(STOP_TOKENS), "pad_token_id": [PAD]}
     for key, toks in named.items():
         if all(t in vocab for t in toks):
             got = [vocab[t] for t in toks]

@@ -74,7 +74,7 @@ def memory(cfg: DictConfig, shape, ds: dict, gpu: GPU | None, world: int) -> dic
 
 def make_plan(cfg: DictConfig) -> dict:
     """The plan of ``cfg`` as the JSON object of SPEC.md (Planning), plus a ``detail`` section."""
-    from ..data.prep import resolve_out_dir
+    from ..data.settings import resolve_out_dir
 
     world = int(cfg.cluster.nodes) * int(cfg.cluster.nproc_per_node)
     shape, shape_source = model_shape(cfg)

@@ -30,7 +30,7 @@ def main(argv):
 
     from llama3zh_dist.export import export_checkpoint
     from llama3zh_dist.export.zero3 import Zero3Checkpoint
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     export_checkpoint(warm, pathlib.Path(out).with_name("warmup-export"), tokenizer=tok, dtype="bfloat16",

@@ -35,7 +35,7 @@ def main(out_dir: Path) -> None:
     from llama3zh_dist.config import load_config
     from llama3zh_dist.data.loader import collate
     from llama3zh_dist.data.packing import build_rows
-    from llama3zh_dist.data.template import encode_for_training
+    from llama3zh_dist.llama3.chat_format import encode_for_training
     from llama3zh_dist.deepspeed_config import build_deepspeed_config
     from llama3zh_dist.model import build_model, supervised_loss_sum
 

@@ -42,7 +42,7 @@ def _save_run_config(run_dir: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     return load_tokenizer(None)
 

@@ -65,8 +65,8 @@ def test_export_loads_offline_and_its_chat_template_equals_training_tokens(quick
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llama3zh_dist.data.template import encode_dialog, encode_for_training
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.chat_format import encode_dialog, encode_for_training
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     export = run_dir / "export"
     tok = AutoTokenizer.from_pretrained(export, local_files_only=True)

@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from llama3zh_dist.config import load_config
-from llama3zh_dist.data.prep import data_settings, prepare_dataset
+from llama3zh_dist.data.prep import prepare_dataset
+from llama3zh_dist.data.settings import data_config
 from llama3zh_dist.data.sources import source_specs
 
 CONTRACT_KEYS = ("name", "out_dir", "max_seq_len", "packing", "max_reject_fraction", "val_fraction")
@@ -22,8 +23,8 @@ def test_dataset_configs_compose_with_the_contract_keys(name):
     cfg = load_config(["model=tiny", f"data={name}"] + extra)
     for k in CONTRACT_KEYS:
         assert k in cfg.data, k
-    s = data_settings(cfg)
-    assert s["clean"]["near_dedup"]["enabled"] is True and s["ray"]["min_rows"] > 0
+    s = data_config(cfg.data)
+    assert s.clean.near_dedup.enabled is True and s.ray.min_rows > 0
     if name == "quickstart":
         assert cfg.data.max_seq_len == 512 and cfg.data.packing is True
         assert sorted(cfg.data.sources) == ["firefly", "ruozhiba", "sharegpt_zh", "zhihu"]
@@ -77,3 +78,16 @@ def test_files_config_needs_format_and_files():
     with pytest.raises(UserError, match="data.format='yaml'"):
         source_specs(cfg.data)
     assert OmegaConf.select(cfg, "data.columns") is None
+
+
+@pytest.mark.parametrize("key,value", [("max_seq_len", 8), ("train_on", "first_assistant"), ("overlong", "wrap"),
+                                       ("max_reject_fraction", 1.5), ("val_fraction", 1.0)])
+def test_prep_refuses_what_the_schema_refuses_even_when_set_after_composition(key, value, tmp_path):
+    from llama3zh_dist.errors import UserError
+
+    cfg = load_config(["model=tiny", "data=files", "data.files=[x.jsonl]", "data.format=sharegpt",
+                       f"data.out_dir={tmp_path / 'out'}"])
+    OmegaConf.update(cfg, "data." + key, value)
+    with pytest.raises(UserError, match=rf"data\.{key}={value!r}"):
+        prepare_dataset(cfg)
+    assert not (tmp_path / "out").exists()

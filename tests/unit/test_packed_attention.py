@@ -15,7 +15,7 @@ import torch
 from llama3zh_dist.config import load_config
 from llama3zh_dist.data.loader import collate
 from llama3zh_dist.data.packing import block_causal_mask, build_rows
-from llama3zh_dist.data.template import encode_for_training
+from llama3zh_dist.llama3.chat_format import encode_for_training
 from llama3zh_dist.model import hf_config_for_random_init, packed_attention_mask, supervised_loss_sum
 
 CPU = torch.device("cpu")

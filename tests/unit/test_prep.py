@@ -13,7 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from llama3zh_dist.data.prep import prepare_dataset
-from llama3zh_dist.data.template import IGNORE_INDEX, encode_for_training
+from llama3zh_dist.llama3.chat_format import encode_for_training
+from llama3zh_dist.llama3.tokens import IGNORE_INDEX
 from llama3zh_dist.errors import UserError
 
 
@@ -366,29 +367,44 @@ def test_prep_cli_prints_the_report_and_user_errors_exit_2(tmp_path, capsys):
 def test_output_does_not_depend_on_the_order_rows_come_back_from_workers(corpus, prepared, tmp_path, monkeypatch):
     from llama3zh_dist.data import prep as prep_mod
 
-    real = prep_mod._run_rows
+    real = prep_mod.map_rows
 
     def shuffled(*a, **k):
-        t = real(*a, **k)
-        return t.take(pa.array(list(range(t.num_rows))[::-1]))
+        t, timings = real(*a, **k)
+        return t.take(pa.array(list(range(t.num_rows))[::-1])), timings
 
-    monkeypatch.setattr(prep_mod, "_run_rows", shuffled)
+    monkeypatch.setattr(prep_mod, "map_rows", shuffled)
     out = prepare_dataset(make_cfg(tmp_path, corpus["sources"]))
     assert _rows(out).equals(_rows(prepared))
     assert (out / "rejects.jsonl").read_text() == (prepared / "rejects.jsonl").read_text()
 
 
+def test_many_shards_and_row_groups_hold_exactly_the_rows_of_one(corpus, prepared, tmp_path, monkeypatch):
+    # the write step builds each shard from the tokens spilled to disk, a few rows at a time
+    from llama3zh_dist.data.spill import Spill
+
+    monkeypatch.setitem(Spill.shards.__kwdefaults__, "piece_rows", 2)
+    out = prepare_dataset(make_cfg(tmp_path, corpus["sources"], shard_rows=3))
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) > 2 and pq.ParquetFile(parts[0]).num_row_groups == 2
+    assert json.loads((out / "manifest.json").read_text())["shards"] == [p.name for p in parts]
+    assert _rows(out).equals(_rows(prepared))
+    assert (out / "rejects.jsonl").read_text() == (prepared / "rejects.jsonl").read_text()
+    assert not list(tmp_path.glob(".out.spill-*"))
+
+
 def test_a_crash_mid_prep_leaves_no_folder_that_looks_complete(corpus, tmp_path, monkeypatch):
-    from llama3zh_dist.data import prep as prep_mod
+    from llama3zh_dist.data import write as write_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(prep_mod, "_write_val", boom)
+    monkeypatch.setattr(write_mod, "write_val", boom)
     with pytest.raises(RuntimeError):
         prepare_dataset(make_cfg(tmp_path, corpus["sources"]))
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
+    assert not list(tmp_path.glob(".out.spill-*"))  # the processed rows spilled to disk are gone too
 
 
 def test_empty_input_is_a_clear_user_error(tmp_path):

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from llama3zh_dist.data.prep import prepare_dataset
 from llama3zh_dist.data.repair import REPAIRS
-from llama3zh_dist.data.template import encode_for_training
+from llama3zh_dist.llama3.chat_format import encode_for_training
 
 
 def _t(i: int, what: str) -> str:

@@ -7,20 +7,9 @@ import random
 
 import pytest
 
-from llama3zh_dist.data.template import (
-    IGNORE_INDEX,
-    encode_dialog,
-    encode_for_training,
-    get_encoder,
-)
-from llama3zh_dist.tokenizer import (
-    BOS_ID,
-    END_OF_TEXT_ID,
-    EOT_ID,
-    PAD_ID,
-    SPECIAL_TOKENS,
-    load_tokenizer,
-)
+from llama3zh_dist.llama3.chat_format import encode_dialog, encode_for_training, get_encoder
+from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
+from llama3zh_dist.llama3.tokens import BOS_ID, END_OF_TEXT_ID, EOT_ID, IGNORE_INDEX, PAD_ID, SPECIAL_TOKENS
 
 N_CONVERSATIONS = 1200
 
@@ -152,7 +141,7 @@ def test_hf_apply_chat_template_gives_the_same_tokens(conversations, hf_tokenize
 def test_hf_template_string_tokenized_by_stock_hf_matches_for_pipeline_text(conversations, hf_tokenizer):
     """Stock HF (render to a string, tokenise it) equals our ids for what training contains: stripped
     turns, with look-alikes kept as text via sanitize_control_tokens. This is what a plain
-    AutoTokenizer of an exported folder does; see tokenizer.py for the two documented caveats."""
+    AutoTokenizer of an exported folder does; see llama3/hf_tokenizer.py for the two documented caveats."""
     from transformers import PreTrainedTokenizerFast
 
     checked = 0

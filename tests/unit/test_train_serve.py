@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
 from llama3zh_dist.data.prep import prepare_dataset
-from llama3zh_dist.tokenizer import CHAT_TEMPLATE, load_tokenizer
+from llama3zh_dist.llama3.chat_format import CHAT_TEMPLATE
+from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
 _EDGES = [" ", "  ", "\n", "\n\n", "\t", " \n ", "\r\n", "\u3000", "\n\t ", ""]
 _BODIES = [

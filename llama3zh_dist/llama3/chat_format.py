@@ -13,6 +13,7 @@ Text is tokenised with tiktoken directly (``encode_ordinary``: special-token str
 plain text), each message's content on its own, with Meta's chunking of very long texts; special
 tokens are inserted by id. Labels (``encode_for_training``): ``-100`` everywhere except assistant
 content tokens and their closing ``<|eot_id|>`` (all assistant turns, or only the last one).
+:data:`CHAT_TEMPLATE` is the same format as a Jinja chat template, for the exported tokenizer.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from typing import Iterable, Sequence
 
 import tiktoken
 
-from ..tokenizer import (
+from .tokens import (
     BOS_ID,
     END_HEADER_ID,
     EOT_ID,
+    IGNORE_INDEX,
+    NUM_BASE_TOKENS,
     PAT_STR,
     SPECIAL_TOKEN_IDS,
     START_HEADER_ID,
+    meta_tokenizer_model_path,
 )
 
-IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 TRAIN_ON = ("all_assistant", "last_assistant")
 
@@ -149,24 +152,59 @@ class Llama3Encoder:
         return ids, labels
 
 
+class ConversationError(ValueError):
+    """A conversation that does not have the chat structure; ``reason`` is the reject reason
+    (``empty_turn``, ``no_assistant_turn``, ``wrong_role_order``, ``unknown_role``)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
 def check_messages(messages: Sequence[dict]) -> None:
-    """Raise ValueError unless messages follow SPEC: optional system, then user/assistant alternating,
-    starting with user, ending with assistant, every content a non-empty string."""
+    """Raise :class:`ConversationError` unless messages follow SPEC: optional system, then
+    user/assistant alternating, starting with user, ending with assistant, every content a non-empty
+    string."""
     if not messages:
-        raise ValueError("no messages")
-    start = 1 if messages[0].get("role") == "system" else 0
+        raise ConversationError("no_assistant_turn", "no messages")
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}")
+            raise ConversationError("unknown_role", f"message {i} has unknown role {role!r}")
         if not isinstance(content, str) or not content.strip():
-            raise ValueError(f"message {i} has empty or non-string content")
-        if i >= start:
-            want = "user" if (i - start) % 2 == 0 else "assistant"
-            if role != want:
-                raise ValueError(f"message {i} should be {want!r}, got {role!r}")
+            raise ConversationError("empty_turn", f"message {i} ({role}) is empty")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ConversationError("no_assistant_turn", "no assistant message")
+    start = 1 if messages[0]["role"] == "system" else 0
+    for i in range(start, len(messages)):
+        want = "user" if (i - start) % 2 == 0 else "assistant"
+        if messages[i]["role"] != want:
+            raise ConversationError("wrong_role_order", f"message {i} is {messages[i]['role']!r}, expected {want!r}")
     if messages[-1]["role"] != "assistant":
-        raise ValueError("conversation does not end with an assistant turn")
+        raise ConversationError("wrong_role_order", "ends with a user turn, not an assistant turn")
+
+
+# ---------------------------------------------------------------- chat template
+# Renders exactly what Llama3Encoder below encodes (and Meta's encode_dialog_prompt, minus
+# the trailing assistant header unless add_generation_prompt). Content is trimmed (Jinja's ``trim`` is
+# Python's ``str.strip()``), as Meta's llama3 reference and HF's Llama 3 Instruct template do and as
+# training does: whatever whitespace a serving stack sends around a turn, the model sees the tokens
+# it was trained on.
+# The {% generation %} block marks assistant content + <|eot_id|>: HF's
+# return_assistant_tokens_mask=True then equals the training loss mask.
+CHAT_TEMPLATE = (
+    "{{- '<|begin_of_text|>' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}"
+    "{%- generation -%}{{- message['content'] | trim + '<|eot_id|>' -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}"
+)
+TEMPLATE_VERSION = "llama3-instruct-v2"  # v2: content trimmed in the template and the encoder
 
 
 # ---------------------------------------------------------------- encoder lookup
@@ -176,8 +214,6 @@ _META: Llama3Encoder | None = None
 
 def _meta_ranks() -> dict[bytes, int]:
     from llama_models.tokenizer_utils import load_bpe_file
-
-    from ..tokenizer import meta_tokenizer_model_path
 
     return load_bpe_file(meta_tokenizer_model_path())
 
@@ -198,7 +234,7 @@ def _ranks_from_hf(tok) -> dict[bytes, int] | None:
     ranks = {}
     try:
         for t, i in tok.get_vocab().items():
-            if i >= 128000:
+            if i >= NUM_BASE_TOKENS:
                 continue
             ranks[bytes(dec[c] for c in t)] = i
     except KeyError:

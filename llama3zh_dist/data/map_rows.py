@@ -1,0 +1,171 @@
+"""Map: every raw row through the per-row stage (:func:`.process.process_batch`), with Ray Data
+across workers or in-process.
+
+In-process (``data.ray.workers=0``, or fewer rows than ``data.ray.min_rows``) the blocks stream from
+the readers one at a time; with Ray they go into Ray's object store as they are read (Ray only pays
+off above ``min_rows``, so that many rows are looked ahead in memory to decide).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+
+from ..schema.data import RayDataConfig
+
+
+def _log(msg: str, enabled: bool = True) -> None:
+    if enabled:
+        print(f"[prep] {msg}", flush=True)
+
+
+def proc_workers(ray_cfg: RayDataConfig, total: int) -> int:
+    """Ray Data workers for this many rows (0 = in-process)."""
+    workers = ray_cfg.workers
+    if workers is None:
+        workers = max(1, min(os.cpu_count() or 1, 32))
+    workers = int(workers)
+    if workers <= 0 or total == 0 or total < int(ray_cfg.min_rows or 0):
+        return 0
+    return workers
+
+
+class _Progress:
+    """Rows/s and ETA lines while Ray works (in-process, the reader's progress line says it)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self.done, self.t0 = 0, time.time()
+        self.last = self.t0
+
+    def tick(self, n: int) -> None:
+        self.done += n
+        now = time.time()
+        if self.enabled and (now - self.last > 5 or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            _log(f"processed {self.done}/{self.total} rows ({rate:,.0f} rows/s, "
+                 f"ETA {(self.total - self.done) / max(rate, 1e-9):.0f}s)")
+
+
+def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: dict, progress: bool,
+             keep: Callable[[pa.Table], pa.Table] = lambda t: t) -> tuple[pa.Table, dict]:
+    """Process every raw block; returns the processed rows (in any order: the driver orders them by
+    source, file and line itself) and timings (``ray_start_s``). Each processed block goes through
+    ``keep`` as it arrives (prep spills its heavy columns to disk there and keeps the rest)."""
+    from .process import OUTPUT_SCHEMA
+
+    def kept(t: pa.Table) -> pa.Table:
+        return keep(t.cast(OUTPUT_SCHEMA) if t.schema != OUTPUT_SCHEMA else t)
+
+    ahead: list[pa.Table] = []
+    total = 0
+    if proc_workers(ray_cfg, 1 << 62) > 0:  # Ray only pays off above min_rows: look ahead that far
+        for c in blocks:
+            ahead.append(c)
+            total += c.num_rows
+            if total >= int(ray_cfg.min_rows or 0):
+                break
+    workers = proc_workers(ray_cfg, total) if ahead else 0
+    timings: dict = {"ray_start_s": 0.0}
+    if workers > 0:
+        outs = _map_with_ray(itertools.chain(ahead, blocks), workers, ray_cfg, proc_settings, progress, timings, kept)
+    else:
+        _log("processing rows in-process" + (f" ({total} rows)" if ahead else " as they are read"), progress)
+        outs = _map_in_process(itertools.chain(ahead, blocks), proc_settings, kept)
+    return pa.concat_tables(outs or [kept(OUTPUT_SCHEMA.empty_table())]), timings
+
+
+def _map_in_process(blocks: Iterator[pa.Table], proc_settings: dict, kept) -> list[pa.Table]:
+    from .process import process_batch
+
+    return [kept(process_batch(c, proc_settings)) for c in blocks]
+
+
+def _quiet_ray_loggers() -> None:
+    for name in ("ray", "ray.data"):  # our own progress lines say what happens
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _start_ray(ray_cfg: RayDataConfig, workers: int) -> bool:
+    """Connect to ``data.ray.address`` or start a local Ray for this prep; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {"PYTHONPATH": os.pathsep.join(p for p in [repo, os.environ.get("PYTHONPATH", "")] if p)}
+    _quiet_ray_loggers()
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  ignore_reinit_error=True, runtime_env={"env_vars": env})
+    if ray_cfg.address:
+        ray.init(address=ray_cfg.address, **kwargs)
+    else:
+        # a local Ray started for prep: its workers are the job, not background tasks, so run
+        # them at normal priority (Ray's default niceness 15 starves them on a busy machine)
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(num_cpus=workers, **kwargs)
+    return True
+
+
+def _put_blocks(blocks: Iterator[pa.Table], workers: int) -> tuple[list, int]:
+    """Every raw block into Ray's object store as it is read (which spills to disk when full, so the
+    driver holds references, not the input); few blocks are re-cut so every worker gets several."""
+    import ray
+
+    refs, total = [], 0
+    for c in blocks:
+        refs.append(ray.put(c))
+        total += c.num_rows
+    if 0 < len(refs) < 4 * workers:
+        table = pa.concat_tables(ray.get(refs))
+        size = max(1, -(-table.num_rows // (4 * workers)))
+        refs = [ray.put(table.slice(i, size)) for i in range(0, table.num_rows, size)]
+    return refs, total
+
+
+def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConfig, proc_settings: dict,
+                  progress: bool, timings: dict, kept) -> list[pa.Table]:
+    import ray
+
+    from .process import process_batch
+
+    t0 = time.time()
+    started = _start_ray(ray_cfg, workers)
+    try:
+        import ray.data
+
+        timings["ray_start_s"] = round(time.time() - t0, 3)
+        _quiet_ray_loggers()  # (again: importing ray.data configures its logger)
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = False  # the driver orders rows itself (source, file, line)
+        try:
+            ctx.enable_progress_bars = False
+        except Exception:  # pragma: no cover
+            pass
+        refs, total = _put_blocks(blocks, workers)
+        _log(f"processing {total} rows with Ray Data ({workers} workers, {len(refs)} blocks)", progress)
+        try:
+            compute = {"compute": ray.data.TaskPoolStrategy(size=workers)}
+        except AttributeError:  # older Ray
+            compute = {"concurrency": workers}
+        ds = ray.data.from_arrow_refs(refs).map_batches(
+            process_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"settings": proc_settings},
+            num_cpus=1, zero_copy_batch=True, **compute,
+        )
+        del refs  # the dataset owns the blocks now: each is freed once processed
+        bar = _Progress(total, progress)
+        outs = []
+        for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            outs.append(kept(b))
+            bar.tick(b.num_rows)
+        return outs
+    finally:
+        if started:
+            ray.shutdown()
