@@ -171,7 +171,7 @@ def run_quickstart(attn: str, workdir: Path, budget_s: float) -> dict:
         out["deepspeed"] = {k: d.get(k) for k in ("bf16", "data_types", "communication_data_type", "optimizer")}
     if proc.returncode == 0:  # the logits check of the export, figures included (bf16 GPU reference vs CPU)
         from llama3zh_dist.export import export_checkpoint, resolve_checkpoint
-        from llama3zh_dist.tokenizer import load_tokenizer
+        from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
         summary = export_checkpoint(resolve_checkpoint(run_dir), workdir / "export_check", tokenizer=load_tokenizer(None),
                                     dtype="bfloat16")

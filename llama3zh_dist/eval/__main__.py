@@ -32,7 +32,7 @@ def resolve_target(cfg: DictConfig, argv: list[str]) -> tuple[Path, Path, str]:
     if ev.step is not None:
         from ..export import export_checkpoint
         from ..export.core import resolve_checkpoint
-        from ..tokenizer import load_tokenizer
+        from ..llama3.hf_tokenizer import load_tokenizer
 
         ckpt = resolve_checkpoint(run_dir, ev.step)
         tag = ckpt.name

@@ -71,7 +71,7 @@ def _generate(model, tok, ids: list[int], stop_ids: list[int], max_new_tokens: i
 def generate_conversation(model, tok, conv: dict, *, max_new_tokens: int, identity_name: str | None,
                           device, synced: bool = False) -> list[dict]:
     """One record per assistant turn of ``conv`` (``generations.jsonl`` lines)."""
-    from ..data.template import encode_dialog
+    from ..llama3.chat_format import encode_dialog
 
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     stop_ids = [i for i in (eot, tok.convert_tokens_to_ids("<|end_of_text|>")) if i is not None]

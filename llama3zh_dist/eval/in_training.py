@@ -28,7 +28,7 @@ class TrainingEvaluator:
         self.every = int(cfg.eval.get("every_steps") or 0)
         if not self.every:
             return
-        from ..tokenizer import load_tokenizer
+        from ..llama3.hf_tokenizer import load_tokenizer
 
         names = selected_benchmarks(cfg.eval)
         self.benches = load_benchmarks(cfg.eval)

@@ -57,7 +57,7 @@ def choice_requests(tok, bench: Benchmark, item: MCItem, shots: int, chat_templa
     text = prompt_text(bench, item, shots)
     if not chat_template:
         return {c: encode_pair(tok, text, " " + c) for c in LETTERS}
-    from ..data.template import encode_dialog, get_encoder
+    from ..llama3.chat_format import encode_dialog, get_encoder
 
     ctx = encode_dialog(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
     enc = get_encoder(tok)

@@ -21,7 +21,7 @@ DEAD = list(range(128002, 128256))  # every special token but <|begin_of_text|> 
 def pretrained_folder(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny_llama3_base")
     torch.manual_seed(7)

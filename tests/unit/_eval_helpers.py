@@ -16,7 +16,7 @@ def make_model_folder(folder: Path, *, max_positions: int = 2048, seed: int = 0)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -116,9 +116,9 @@ def test_accuracy_per_subject_category_and_overall():
 
 
 def test_chat_template_scoring_puts_the_prompt_in_a_user_turn_and_scores_the_bare_letter():
-    from llama3zh_dist.data.template import encode_dialog, get_encoder
+    from llama3zh_dist.llama3.chat_format import encode_dialog, get_encoder
     from llama3zh_dist.eval.scoring import build_probes, choice_requests
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     b = Benchmark("cmmlu", str(BUNDLED_MC))

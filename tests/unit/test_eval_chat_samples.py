@@ -71,7 +71,7 @@ def _steered_model(token_id: int):
 
 
 def test_checks_on_a_model_that_stops_and_one_that_runs_on():
-    from llama3zh_dist.tokenizer import load_tokenizer
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     conv = {"id": "c", "category": "identity", "turns": ["你是谁？", "再说一遍"], "identity": True}
