@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -170,10 +169,10 @@ def build_deepspeed_config(cfg: DictConfig, world_size: int, model_config=None,
 
 def write_deepspeed_config(config: dict[str, Any], run_dir: Path) -> Path:
     """``run.dir/deepspeed_config.json``: exactly what the run handed to DeepSpeed."""
+    from .fileio import atomic_write_text
+
     path = Path(run_dir) / "deepspeed_config.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 

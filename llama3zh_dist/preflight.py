@@ -60,7 +60,9 @@ def _model_path_problem(cfg: DictConfig) -> str | None:
         f"cannot be reached; download them (huggingface-cli download {path} --local-dir DIR) "
         "and set model.path=DIR"
     )
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+    from .hub import offline_requested
+
+    if offline_requested():
         return hint
     try:
         from huggingface_hub import HfApi

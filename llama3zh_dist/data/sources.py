@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserError
+from ..schema.data import FORMATS  # the one list: the schema checks data.format against it
 from .readers import iter_records
 from .formats import Reject, to_messages, validate_messages  # noqa: F401  (the conversion API, re-exported)
 from .source_spec import SourceSpec
 
-FORMATS = ("sharegpt", "alpaca", "zhihu", "firefly", "messages", "columns")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 # Reject reasons. Validation reasons count towards data.max_reject_fraction; filter reasons
@@ -180,10 +180,9 @@ def load_hub_dataset(spec: SourceSpec):
         import datasets
     except ImportError as e:  # pragma: no cover
         raise UserError(f"data.sources.{spec.name}.hub needs the datasets package ({e})") from None
-    from ..llama3.hf_tokenizer import hub_reachable
+    from ..hub import hub_reachable, offline_requested
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    if not offline and not hub_reachable():
+    if not offline_requested() and not hub_reachable():
         raise UserError(
             f"data.sources.{spec.name}.hub={spec.hub!r}: the Hugging Face Hub is unreachable from this machine. "
             "Download the dataset where the Hub is reachable and list its files under "

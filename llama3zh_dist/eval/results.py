@@ -7,9 +7,9 @@ Accuracy per subject, per category (items of every subject in that category, as 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..fileio import atomic_write_text
 from .subjects import CATEGORIES, categories_of
 
 
@@ -51,20 +51,14 @@ def wandb_metrics(results: dict) -> dict[str, float]:
     return flat
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_outputs(out_dir: Path, results: dict, items: list[dict], generations: list[dict] | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if items:
-        _atomic_write(out_dir / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+        atomic_write_text(out_dir / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
     if generations is not None:
-        _atomic_write(out_dir / "generations.jsonl",
+        atomic_write_text(out_dir / "generations.jsonl",
                       "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
-    _atomic_write(out_dir / "results.json", json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    atomic_write_text(out_dir / "results.json", json.dumps(results, ensure_ascii=False, indent=2) + "\n")
 
 
 def _pct(v) -> str:

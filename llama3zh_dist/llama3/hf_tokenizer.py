@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fileio import sha256_file
+from ..hub import hub_reachable
 from .chat_format import CHAT_TEMPLATE, TEMPLATE_VERSION, get_encoder
 from .tokens import BOS, EOT, IGNORE_INDEX, PAD, PAT_STR, SPECIAL_TOKEN_IDS, SPECIAL_TOKENS, meta_tokenizer_model_path
 
@@ -186,22 +187,6 @@ def __getattr__(name):  # module attribute, built lazily (pickle finds it by nam
 
 
 # ---------------------------------------------------------------- loading
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the Hugging Face Hub (HF_ENDPOINT)? False when
-    HF_HUB_OFFLINE is set. Used to fail in seconds instead of after a minute of retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _is_meta(model_path) -> bool:
     return model_path is None or str(model_path) in ("", "null", "None")
 
