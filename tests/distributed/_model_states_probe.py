@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from llama3zh_dist.config import load_config  # noqa: E402
-from llama3zh_dist.deepspeed_config import build_deepspeed_config  # noqa: E402
+from llama3zh_dist.deepspeed_config import build_deepspeed_config, build_optimizer  # noqa: E402
 from llama3zh_dist.model import build_model  # noqa: E402
 
 
@@ -60,7 +60,8 @@ def main() -> int:
         model = build_model(cfg, ds)
         groups = [{"params": [p for p in model.parameters() if len(p.ds_shape) >= 2], "weight_decay": 0.01},
                   {"params": [p for p in model.parameters() if len(p.ds_shape) < 2], "weight_decay": 0.0}]
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, groups),  # as train.py
+                                                model_parameters=groups, config=ds)
         # One optimizer step, so that Adam's moments exist as they do for the rest of a run.
         logits = engine(input_ids=torch.randint(0, 1000, (1, 16)), use_cache=False).logits
         engine.backward(logits.float().mean())
