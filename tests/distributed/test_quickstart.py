@@ -1,37 +1,27 @@
 """The quickstart, end to end, exactly as a user runs it: prep -> 2-rank ZeRO-3 training -> export -> chat.
 
-One real run (module fixture) backs every promise below; nothing is mocked.
+One real run (the session's ``quickstart_run``, conftest.py) backs every promise below; nothing is mocked.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+_run = run_python
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    base = tmp_path_factory.mktemp("quickstart")
-    run_dir, data_dir = base / "run", base / "prepared"
-    overrides = ["+experiment=quickstart", f"run.dir={run_dir}", f"data.out_dir={data_dir}",
-                 "trainer.progress_bar=false"]
-    proc = _run(["-m", "llama3zh_dist", *overrides])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return run_dir, overrides, proc.stdout + proc.stderr
+@pytest.fixture
+def quickstart(quickstart_run):
+    return quickstart_run
 
 
 def test_quickstart_trains_on_two_ranks_each_holding_half_the_parameters(quickstart):

@@ -1,7 +1,7 @@
 """The W&B offline run folder holds the same losses as metrics.jsonl.
 
-A short real quickstart training (2 gloo ranks, ZeRO-3, W&B offline as configured by default) runs
-in a subprocess; the test then reads the ``.wandb`` run file back (``_wandb_file``: the LevelDB-log
+The session's real quickstart run (conftest.py: 2 gloo ranks, ZeRO-3, W&B offline as configured by
+default) is read: the test reads the ``.wandb`` run file back (``_wandb_file``: the LevelDB-log
 records, CRCs checked, parsed as ``wandb_internal_pb2.Record``) and compares its history rows with
 ``metrics.jsonl`` step by step.
 """
@@ -9,8 +9,6 @@ records, CRCs checked, parsed as ``wandb_internal_pb2.Record``) and compares its
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,23 +20,13 @@ sys.path.insert(0, str(HERE))
 
 from _wandb_file import history  # noqa: E402
 
-STEPS = 6
+STEPS = 120  # the quickstart's trainer.max_steps
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("wandb_offline")
-    run = tmp / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "llama3zh_dist", "+experiment=quickstart", f"run.dir={run}",
-         f"data.out_dir={tmp / 'prepared'}", f"trainer.max_steps={STEPS}", "checkpoint.every_steps=0",
-         "export.enabled=false", "trainer.progress_bar=false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    return run
+@pytest.fixture
+def run_dir(quickstart_run):
+    return quickstart_run[0]
 
 
 def metrics_rows(run: Path) -> list[dict]:
