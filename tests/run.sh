@@ -3,7 +3,7 @@
 # a real two-node Slurm started here (tests/slurm/cluster.sh; needs root on Debian, installs the
 # packages when missing). GPU tests skip themselves without a GPU.
 #
-#   tests/run.sh                 # everything (about 40-60 min on 2 cores)
+#   tests/run.sh                 # everything (about 35 min on 2 cores)
 #   tests/run.sh -m "not slow"   # quick: no end-to-end training runs
 #   LLAMA3ZH_NO_SLURM=1 tests/run.sh   # skip starting Slurm (the Slurm tests then skip)
 #
