@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig
 
+from ..collectives import Collectives
 from .chat_samples import generate_conversation, load_prompts, summarize_chat
 from .results import console_table, summarize, wandb_metrics, write_outputs
 from .runner import load_benchmarks, score_benchmarks, selected_benchmarks
@@ -39,14 +39,10 @@ class TrainingEvaluator:
         return bool(self.every) and step % self.every == 0
 
     def _max(self, n: int) -> int:
-        t = torch.tensor([n], dtype=torch.long, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
+        return int(Collectives(self.device).max([n])[0])  # counts of forwards: exact in float32
 
     def _gather(self, obj) -> list:
-        parts: list = [None] * self.world_size
-        dist.all_gather_object(parts, obj)
-        return parts
+        return Collectives(self.device).gather_objects(obj)
 
     def _chat(self, model) -> list[dict]:
         mine = list(range(self.rank, len(self.convs), self.world_size))
