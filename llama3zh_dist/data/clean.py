@@ -200,6 +200,7 @@ def minhash_signature(norm_text: str, num_perm: int = 128, ngram: int = 5) -> np
     return x.min(axis=1) >> _SHIFT32
 
 
+@lru_cache(maxsize=8)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) that datasketch's MinHashLSH picks for this threshold (equal weights
     of false positives and negatives)."""
@@ -209,38 +210,75 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return int(lsh.b), int(lsh.r)
 
 
+_BAND_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio), for mixing
+
+
+def band_hashes(sigs: np.ndarray, threshold: float, num_perm: int) -> np.ndarray:
+    """[n, bands] uint64: one hash per LSH band of each signature (datasketch's (b, r) for
+    ``threshold``). Rows equal in a band have equal hashes; the driver buckets by these 8 bytes per
+    band instead of the whole signature (4 bytes x ``num_perm``), which stays on disk."""
+    b, r = lsh_params(threshold, num_perm)
+    sig = np.asarray(sigs, dtype=np.uint64).reshape(-1, num_perm)
+    out = np.empty((len(sig), b), dtype=np.uint64)
+    for band in range(b):
+        h = np.full(len(sig), np.uint64(band + 1), dtype=np.uint64)
+        for k in range(band * r, (band + 1) * r):
+            h ^= sig[:, k]  # wraps mod 2^64 (intended)
+            h *= _BAND_MIX
+            h ^= h >> np.uint64(29)
+        out[:, band] = h
+    return out
+
+
+def candidate_pairs(bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, earlier row) pairs to verify: in each band, every row and the first row of its bucket
+    (rows in input order), over all bands, each pair once."""
+    n = len(bands)
+    idx = np.arange(n)
+    rows, firsts = [], []
+    for band in range(bands.shape[1] if n else 0):
+        _, first, inverse = np.unique(bands[:, band], return_index=True, return_inverse=True)
+        cand = first[inverse.ravel()]
+        has = np.flatnonzero(cand < idx)
+        rows.append(has)
+        firsts.append(cand[has])
+    if not rows or not sum(len(r) for r in rows):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(firsts)], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def near_duplicates_banded(bands: np.ndarray, similarity, threshold: float, chunk: int = 1 << 16) -> np.ndarray:
+    """Per row (rows in input order): the earliest earlier row it nearly duplicates, or -1.
+
+    Candidates share a band bucket (:func:`candidate_pairs`); each is verified by the estimated
+    Jaccard similarity (share of equal signature values) >= threshold. ``similarity(a, b)`` gives it
+    for rows ``a[k]``, ``b[k]``; pairs go to it ``chunk`` at a time, so the signatures it reads back
+    stay bounded. The first of a group is kept. Vectorised with numpy: no per-row Python work."""
+    n = len(bands)
+    best = np.full(n, n, dtype=np.int64)
+    rows, firsts = candidate_pairs(bands)
+    for s in range(0, len(rows), chunk):
+        a, b = rows[s:s + chunk], firsts[s:s + chunk]
+        ok = np.asarray(similarity(a, b)) >= threshold
+        np.minimum.at(best, a[ok], b[ok])
+    best[best == n] = -1
+    return best
+
+
 def near_duplicates(
     keys: Sequence, signatures: Sequence[np.ndarray] | np.ndarray, threshold: float, num_perm: int
 ) -> dict:
-    """Map key -> key of an earlier row it nearly duplicates (first occurrence is kept).
-
-    LSH banding over the signatures with datasketch's (b, r) for ``threshold``; every candidate pair
-    (same bucket in some band, earlier row first) is verified by the estimated Jaccard similarity
-    (share of equal signature values) >= threshold. Vectorised with numpy: no per-row Python work
-    in the driver, which matters for Ray scaling."""
+    """Map key -> key of an earlier row it nearly duplicates (first occurrence is kept): LSH
+    banding with datasketch's (b, r) for ``threshold``, candidates verified by the estimated Jaccard
+    similarity, as :func:`near_duplicates_banded` (here with the signatures in memory)."""
     n = len(keys)
     if n == 0:
         return {}
     sig = np.asarray(signatures, dtype=np.uint64).reshape(n, num_perm)
-    b, r = lsh_params(threshold, num_perm)
-    idx = np.arange(n)
-    best = np.full(n, n, dtype=np.int64)  # earliest verified earlier row
-    for band in range(b):
-        block = np.ascontiguousarray(sig[:, band * r : (band + 1) * r])
-        # bucket = identical rows of the band; first index per bucket via unique on a void view
-        view = block.view(np.dtype((np.void, block.dtype.itemsize * r))).ravel()
-        _, first, inverse = np.unique(view, return_index=True, return_inverse=True)
-        cand = first[inverse.ravel()]
-        has = np.flatnonzero(cand < idx)
-        if len(has) == 0:
-            continue
-        sim = (sig[has] == sig[cand[has]]).mean(axis=1)
-        ok = has[sim >= threshold]
-        best[ok] = np.minimum(best[ok], cand[ok])
-    out = {}
-    for i in np.flatnonzero(best < n).tolist():
-        out[keys[i]] = keys[int(best[i])]
-    return out
+    best = near_duplicates_banded(band_hashes(sig, threshold, num_perm),
+                                  lambda a, b: (sig[a] == sig[b]).mean(axis=1), threshold)
+    return {keys[i]: keys[int(best[i])] for i in np.flatnonzero(best >= 0).tolist()}
 
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,13 +1,18 @@
 """Dedup: exact (normalised-text key) then near (MinHash LSH) duplicates among the kept rows; the
-first in input order stays, the others are rejected naming the one they duplicate."""
+first in input order stays, the others are rejected naming the one they duplicate.
+
+Both run on fixed-width columns with numpy (16-byte keys, 8-byte band hashes per LSH band); the
+MinHash signatures themselves stay in the spill and are read back only for candidate pairs."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from ..schema.data import CleanConfig
-from .clean import near_duplicates
+from .clean import lsh_params, near_duplicates_banded
 from .verdicts import Verdicts
 
 
@@ -16,42 +21,52 @@ def _log(msg: str, enabled: bool = True) -> None:
         print(f"[prep] {msg}", flush=True)
 
 
+def _fixed_rows(rows: pa.Table, name: str, idx: np.ndarray, dtype, width: int) -> np.ndarray:
+    """Rows ``idx`` of a non-null fixed-width column (binary(16), or list<uint64> of ``width``) as a
+    numpy array [len(idx), ...] (one copy, no Python objects)."""
+    col = rows.column(name).take(pa.array(idx, pa.int64())).combine_chunks()
+    if isinstance(col, pa.ListArray):
+        return col.flatten().to_numpy().reshape(len(idx), width)
+    return np.frombuffer(col.buffers()[1], dtype=dtype, count=len(idx), offset=col.offset * np.dtype(dtype).itemsize)
+
+
 def drop_exact_duplicates(rows: pa.Table, v: Verdicts) -> int:
-    keys = rows.column("key").to_pylist()
-    first: dict[bytes, int] = {}
-    kept = []
-    for i in v.ok:
-        j = first.setdefault(keys[i], i)
-        if j != i:
-            v.reject(i, "duplicate", f"same conversation as {v.ids[j]}")
-        else:
-            kept.append(i)
-    n_dup = len(v.ok) - len(kept)
-    v.ok = kept
-    return n_dup
+    if not len(v.ok):
+        return 0
+    keys = _fixed_rows(rows, "key", v.ok, np.dtype("V16"), 16)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    first_of = first[inverse.ravel()]  # position (in ok) of the first row with the same key
+    dup = np.flatnonzero(first_of != np.arange(len(v.ok)))
+    v.reject(v.ok[dup], "duplicate", ref=v.ok[first_of[dup]])
+    v.ok = np.delete(v.ok, dup)
+    return len(dup)
 
 
-def drop_near_duplicates(rows: pa.Table, v: Verdicts, threshold: float, num_perm: int) -> int:
-    sig_col = rows.column("sig").combine_chunks()
-    flat = sig_col.flatten().to_numpy().reshape(-1, num_perm) if len(sig_col) else np.zeros((0, num_perm))
-    # only kept rows have signatures (rejected rows have null ones): map row index -> signature row
-    valid = np.flatnonzero(sig_col.is_valid().to_numpy(zero_copy_only=False))
-    pos = np.full(v.n, -1, dtype=np.int64)
-    pos[valid] = np.arange(len(valid))
-    sigs = flat[pos[np.asarray(v.ok, dtype=np.int64)]].astype(np.uint64)
-    dup_of = near_duplicates(v.ok, sigs, threshold, num_perm)  # row index -> the row it duplicates
-    for i, j in dup_of.items():
-        v.reject(i, "near_duplicate", f"near-duplicate of {v.ids[j]}")
-    if dup_of:
-        v.ok = [i for i in v.ok if i not in dup_of]
-    return len(dup_of)
+def drop_near_duplicates(rows: pa.Table, v: Verdicts, threshold: float, num_perm: int,
+                         signatures: Callable[[np.ndarray], np.ndarray]) -> int:
+    """``signatures(row_idx)``: the MinHash signatures of those rows ([k, num_perm], from the spill)."""
+    n_bands = lsh_params(threshold, num_perm)[0]
+    bands = _fixed_rows(rows, "bands", v.ok, np.uint64, n_bands)
+
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        want = np.unique(np.concatenate([a, b]))
+        sig = signatures(v.ok[want])
+        return (sig[np.searchsorted(want, a)] == sig[np.searchsorted(want, b)]).mean(axis=1)
+
+    best = near_duplicates_banded(bands, similarity, threshold)  # position in ok -> earlier position
+    dup = np.flatnonzero(best >= 0)
+    v.reject(v.ok[dup], "near_duplicate", ref=v.ok[best[dup]])
+    v.ok = np.delete(v.ok, dup)
+    return len(dup)
 
 
-def dedup(rows: pa.Table, v: Verdicts, clean: CleanConfig, progress: bool) -> dict:
+def dedup(rows: pa.Table, v: Verdicts, clean: CleanConfig, progress: bool,
+          signatures: Callable[[np.ndarray], np.ndarray]) -> dict:
     """Both passes as switched on in ``data.clean``; returns how many rows each removed."""
     n_dup = drop_exact_duplicates(rows, v) if clean.exact_dedup else 0
     n_near = 0
-    if clean.near_dedup.enabled and v.ok:
+    if clean.near_dedup.enabled and len(v.ok):
         _log(f"near-duplicate search over {len(v.ok)} samples (MinHash LSH)", progress)
-        n_near = drop_near_duplicates(rows, v, float(clean.near_dedup.threshold), int(clean.near_dedup.num_perm))
+        n_near = drop_near_duplicates(rows, v, float(clean.near_dedup.threshold), int(clean.near_dedup.num_perm),
+                                      signatures)
     return {"exact": n_dup, "near": n_near}

@@ -2,8 +2,10 @@
 across workers or in-process.
 
 In-process (``data.ray.workers=0``, or fewer rows than ``data.ray.min_rows``) the blocks stream from
-the readers one at a time; with Ray they go into Ray's object store as they are read (Ray only pays
-off above ``min_rows``, so that many rows are looked ahead in memory to decide).
+the readers one at a time; with Ray they go into Ray's object store a window at a time
+(``WINDOW_BLOCKS_PER_WORKER`` x workers blocks), the next window read once the one before is processed
+(Ray only pays off above ``min_rows``, so that many rows are looked ahead in memory to decide).
+Progress (bytes, rows/s, ETA) is the reader's line (:class:`.stream.ProgressLine`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from ..schema.data import RayDataConfig
+
+# raw blocks handed to Ray Data at a time, per worker: enough to keep every worker busy to the end
+# of a window, few enough that the object store holds a bounded slice of the input
+WINDOW_BLOCKS_PER_WORKER = 8
 
 
 def _log(msg: str, enabled: bool = True) -> None:
@@ -34,24 +40,6 @@ def proc_workers(ray_cfg: RayDataConfig, total: int) -> int:
     if workers <= 0 or total == 0 or total < int(ray_cfg.min_rows or 0):
         return 0
     return workers
-
-
-class _Progress:
-    """Rows/s and ETA lines while Ray works (in-process, the reader's progress line says it)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self.done, self.t0 = 0, time.time()
-        self.last = self.t0
-
-    def tick(self, n: int) -> None:
-        self.done += n
-        now = time.time()
-        if self.enabled and (now - self.last > 5 or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            _log(f"processed {self.done}/{self.total} rows ({rate:,.0f} rows/s, "
-                 f"ETA {(self.total - self.done) / max(rate, 1e-9):.0f}s)")
 
 
 def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: dict, progress: bool,
@@ -114,20 +102,21 @@ def _start_ray(ray_cfg: RayDataConfig, workers: int) -> bool:
     return True
 
 
-def _put_blocks(blocks: Iterator[pa.Table], workers: int) -> tuple[list, int]:
-    """Every raw block into Ray's object store as it is read (which spills to disk when full, so the
-    driver holds references, not the input); few blocks are re-cut so every worker gets several."""
+def _windows(blocks: Iterator[pa.Table], workers: int, size: int) -> Iterator[list]:
+    """The raw blocks as Ray object refs, ``size`` blocks at a time (read as the previous window is
+    processed, so the object store holds one window of the input, not all of it). When the whole
+    input is a few blocks, they are re-cut so every worker gets several."""
     import ray
 
-    refs, total = [], 0
-    for c in blocks:
-        refs.append(ray.put(c))
-        total += c.num_rows
-    if 0 < len(refs) < 4 * workers:
-        table = pa.concat_tables(ray.get(refs))
-        size = max(1, -(-table.num_rows // (4 * workers)))
-        refs = [ray.put(table.slice(i, size)) for i in range(0, table.num_rows, size)]
-    return refs, total
+    first = list(itertools.islice(blocks, size))
+    if len(first) < size and 0 < len(first) < 4 * workers:
+        table = pa.concat_tables(first)
+        cut = max(1, -(-table.num_rows // (4 * workers)))
+        first = [table.slice(i, cut) for i in range(0, table.num_rows, cut)]
+    window = first
+    while window:
+        yield [ray.put(b) for b in window]
+        window = list(itertools.islice(blocks, size))
 
 
 def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConfig, proc_settings: dict,
@@ -149,22 +138,23 @@ def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConf
             ctx.enable_progress_bars = False
         except Exception:  # pragma: no cover
             pass
-        refs, total = _put_blocks(blocks, workers)
-        _log(f"processing {total} rows with Ray Data ({workers} workers, {len(refs)} blocks)", progress)
         try:
             compute = {"compute": ray.data.TaskPoolStrategy(size=workers)}
         except AttributeError:  # older Ray
             compute = {"concurrency": workers}
-        ds = ray.data.from_arrow_refs(refs).map_batches(
-            process_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"settings": proc_settings},
-            num_cpus=1, zero_copy_batch=True, **compute,
-        )
-        del refs  # the dataset owns the blocks now: each is freed once processed
-        bar = _Progress(total, progress)
+        _log(f"processing rows with Ray Data ({workers} workers, {WINDOW_BLOCKS_PER_WORKER * workers} blocks "
+             f"at a time)", progress)
         outs = []
-        for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            outs.append(kept(b))
-            bar.tick(b.num_rows)
+        # Windows of blocks, one Ray Data pipeline each: Ray Data reads only from its own datasources,
+        # and ours (the streaming JSON array / JSONL readers, with byte offsets in their errors) run
+        # in the driver; a window bounds what the object store holds of the input.
+        for refs in _windows(blocks, workers, WINDOW_BLOCKS_PER_WORKER * workers):
+            ds = ray.data.from_arrow_refs(refs).map_batches(
+                process_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"settings": proc_settings},
+                num_cpus=1, zero_copy_batch=True, **compute,
+            )
+            del refs  # the dataset owns the blocks now: each is freed once processed
+            outs += [kept(b) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
         return outs
     finally:
         if started:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .packing import best_fit_decreasing
-from .split_mix import Split
+from .packing import best_fit_decreasing_flat
 
 
 def _log(msg: str, enabled: bool = True) -> None:
@@ -23,44 +22,43 @@ def _log(msg: str, enabled: bool = True) -> None:
 
 @dataclass
 class Packed:
-    bins: list[list[int]]  # training rows, each a list of sample indices, in output order
-    sample_row: np.ndarray  # training sample -> processed row
-    sample_ids: list[str]  # training sample -> its id (repeats: <id>#<copy>)
-    val_row: np.ndarray  # validation sample -> processed row (one per output row)
-    val_ids: list[str]
+    order: np.ndarray  # training samples in output order, row by row
+    sizes: np.ndarray  # samples in each training row
     lengths: np.ndarray  # tokens of each training sample
     supervised: np.ndarray  # supervised tokens of each training sample
     efficiency: float  # tokens / (rows * max_seq_len)
 
     @property
     def rows(self) -> int:
-        return len(self.bins)
+        return len(self.sizes)
 
 
-def _column(rows: pa.Table, name: str, idx: list[int]) -> np.ndarray:
-    if not idx:
+def _column(rows: pa.Table, name: str, idx: np.ndarray) -> np.ndarray:
+    if not len(idx):
         return np.zeros(0, np.int64)
-    return rows.column(name).to_numpy(zero_copy_only=False)[np.asarray(idx, dtype=np.int64)].astype(np.int64)
+    return rows.column(name).to_numpy(zero_copy_only=False)[idx].astype(np.int64)
 
 
-def pack(rows: pa.Table, split: Split, ids: list[str], max_len: int, packing: bool, seed: int,
-         progress: bool) -> Packed:
-    """``ids``: each processed row's sample id."""
-    lengths = _column(rows, "n_tokens", split.train_idx)
+def _shuffle_bins(flat: np.ndarray, sizes: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bins in the order ``perm`` (flat layout: samples bin by bin, and samples per bin)."""
+    starts = np.cumsum(sizes) - sizes
+    new_sizes = sizes[perm]
+    first = np.repeat(starts[perm] - (np.cumsum(new_sizes) - new_sizes), new_sizes)
+    return flat[first + np.arange(len(first))], new_sizes
+
+
+def pack(rows: pa.Table, train_idx: np.ndarray, max_len: int, packing: bool, seed: int, progress: bool) -> Packed:
+    """``train_idx``: the processed row of each training sample."""
+    lengths = _column(rows, "n_tokens", train_idx)
     if packing and len(lengths):
         _log(f"packing {len(lengths)} samples into rows of {max_len} tokens (best-fit decreasing)", progress)
-        bins = best_fit_decreasing(lengths, max_len)
+        flat, sizes = best_fit_decreasing_flat(lengths, max_len)
     else:
-        bins = [[i] for i in range(len(lengths))]
+        flat, sizes = np.arange(len(lengths)), np.ones(len(lengths), np.int64)
     rng = np.random.default_rng([seed, 7])
-    bins = [bins[k] for k in rng.permutation(len(bins))] if bins else []
+    if len(sizes):
+        flat, sizes = _shuffle_bins(flat, sizes, rng.permutation(len(sizes)))
     return Packed(
-        bins=bins,
-        sample_row=np.asarray(split.train_idx, dtype=np.int64),
-        sample_ids=[ids[i] if c == 0 else f"{ids[i]}#{c}" for i, c in zip(split.train_idx, split.copy_no)],
-        val_row=np.asarray(split.val_idx, dtype=np.int64),
-        val_ids=[ids[i] for i in split.val_idx],
-        lengths=lengths,
-        supervised=_column(rows, "n_sup", split.train_idx),
-        efficiency=float(lengths.sum()) / (len(bins) * max_len) if bins else 0.0,
+        order=flat, sizes=sizes, lengths=lengths, supervised=_column(rows, "n_sup", train_idx),
+        efficiency=float(lengths.sum()) / (len(sizes) * max_len) if len(sizes) else 0.0,
     )

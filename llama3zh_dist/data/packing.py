@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 
-def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Bins (lists of sample indices) filled best-fit-decreasing: samples longest first, each into the
-    open bin with the least room that still fits it, else a new bin. O(n log n + n * distinct rooms).
+def best_fit_decreasing_flat(lengths: Sequence[int], capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fit-decreasing as flat arrays: (sample indices, bin by bin; samples per bin). Samples
+    longest first, each into the open bin with the least room that still fits it, else a new bin.
+    O(n log n + n * distinct rooms); a few bytes per sample (no list per bin), so millions of samples
+    pack in bounded memory.
 
     Ties are broken by index (stable sort; the newest bin with a given room), so the result is
     deterministic. Every index appears in exactly one bin; lengths above capacity raise ValueError.
@@ -25,15 +27,14 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     if len(lengths) and int(lengths.max()) > capacity:
         raise ValueError(f"a sample of {int(lengths.max())} tokens does not fit max_seq_len={capacity}")
     order = np.argsort(-lengths, kind="stable")
-    bins: list[list[int]] = []
+    bin_of = np.empty(len(lengths), dtype=np.int64)  # by position in ``order``
+    n_bins = 0
     rooms: list[int] = []  # sorted distinct remaining capacities that have >= 1 open bin
     bins_with_room: dict[int, list[int]] = {}
-    for idx in order.tolist():
-        n = int(lengths[idx])
+    for k, n in enumerate(lengths[order].tolist()):
         i = bisect_left(rooms, n)
         if i == len(rooms):
-            b = len(bins)
-            bins.append([idx])
+            b, n_bins = n_bins, n_bins + 1
             room = capacity - n
         else:
             room_before = rooms[i]
@@ -42,8 +43,8 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
             if not stack:
                 del bins_with_room[room_before]
                 rooms.pop(i)
-            bins[b].append(idx)
             room = room_before - n
+        bin_of[k] = b
         if room > 0:
             stack = bins_with_room.get(room)
             if stack is None:
@@ -51,7 +52,15 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
                 insort(rooms, room)
             else:
                 stack.append(b)
-    return bins
+    # bins in the order they were opened, each one's samples in the order they went in
+    flat = order[np.argsort(bin_of, kind="stable")]
+    return flat, np.bincount(bin_of, minlength=n_bins)
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """:func:`best_fit_decreasing_flat` as a list of bins (lists of sample indices)."""
+    flat, sizes = best_fit_decreasing_flat(lengths, capacity)
+    return [b.tolist() for b in np.split(flat, np.cumsum(sizes)[:-1])] if len(sizes) else []
 
 
 def packing_efficiency(lengths: Sequence[int], bins: Sequence[Sequence[int]], capacity: int) -> float:

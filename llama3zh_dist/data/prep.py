@@ -36,6 +36,10 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..llama3.chat_format import TEMPLATE_VERSION
 from ..llama3.hf_tokenizer import load_encoder
 from ..schema.data import DataConfig
@@ -44,7 +48,7 @@ from .fingerprint import compute_fingerprint, up_to_date
 from .map_rows import map_rows, proc_workers
 from .pack import pack
 from .repair import REPAIRS
-from .report import add_repairs, build_report, reject_records, repair_records
+from .report import add_repairs, build_report, reject_records, write_rejects, write_repairs
 from .settings import data_config, fingerprint_settings, process_settings, resolve_out_dir
 from .sources import source_specs
 from .spill import Spill
@@ -88,44 +92,65 @@ def prepare_dataset(cfg) -> Path:
 
 def _prepare(dc: DataConfig, specs, out_dir: Path, seed: int, proc_settings: dict, spill: Spill, header: dict,
              fp_payload: dict) -> None:
+    t_start = time.time()
+    report, train, val = _plan(dc, specs, out_dir, seed, proc_settings, spill)
+    report.update(name=str(dc.name), fingerprint=header["fingerprint"], out_dir=str(out_dir),
+                  rejects_file=str(out_dir / "rejects.jsonl"), seconds=round(time.time() - t_start, 2))
+    shard_rows = int(dc.shard_rows)
+    write_dataset(
+        out_dir, report=report,
+        train=spill.shards(*train, shard_rows),
+        val=spill.shards(*val, shard_rows, packed=False),
+        records=[spill.folder / "rejects.jsonl", spill.folder / "repairs.jsonl"], header=header,
+        fp_payload=fp_payload, max_reject_fraction=float(dc.max_reject_fraction),
+    )
+    _log(f"wrote {out_dir} in {time.time() - t_start:.1f}s", bool(dc.progress))
+
+
+def _plan(dc: DataConfig, specs, out_dir: Path, seed: int, proc_settings: dict, spill: Spill):
+    """Steps 1-6: the report, ``rejects.jsonl`` and ``repairs.jsonl`` (into the spill folder) and,
+    for the training and the validation shards, (samples, order, samples per row). What this keeps
+    per row is freed on return, before the shards are built."""
     progress = bool(dc.progress)
     t_start = time.time()
     meta: dict = {}
     blocks = raw_blocks(specs, int(dc.ray.block_rows), progress, meta)  # read (lazily, as map pulls)
     t_read = time.time()
-    # map; the heavy columns (raw text, tokens) go to disk as each block is done
+    # map; the heavy columns (raw text, tokens, MinHash signatures) go to disk as each block is done
     rows, map_timings = map_rows(blocks, dc.ray, proc_settings, progress, keep=spill.add)
     t_proc = time.time()
     names = [s.name for s in specs]
     verdicts = Verdicts(rows, names)
-    removed = dedup(rows, verdicts, dc.clean, progress)
+    removed = dedup(rows, verdicts, dc.clean, progress, lambda idx: spill.signatures(rows, idx))
+    rows = rows.drop_columns(["key", "bands"])  # dedup's columns: not needed any more
     split = split_and_mix(verdicts, specs, float(dc.val_fraction), seed)
-    packed = pack(rows, split, verdicts.ids, int(dc.max_seq_len), bool(dc.packing), seed, progress)
+    packed = pack(rows, split.train_idx, int(dc.max_seq_len), bool(dc.packing), seed, progress)
     report = build_report(rows, verdicts, split, packed, removed, specs, meta, dc)
-    repaired, repair_counts = repair_records(rows, split.kept_rows)
+    write_rejects(spill.folder / "rejects.jsonl", reject_records(rows, verdicts, lambda idx: spill.raws(rows, idx)),
+                  meta["files"])
+    repair_counts = write_repairs(spill.folder / "repairs.jsonl", rows, split.kept_rows, meta["files"])
     add_repairs(report, repair_counts, meta["read_errors"], dc.repair, REPAIRS, out_dir)
     report.update(
-        name=str(dc.name),
-        fingerprint=header["fingerprint"],
-        out_dir=str(out_dir),
-        rejects_file=str(out_dir / "rejects.jsonl"),
-        seconds=round(time.time() - t_start, 2),
         timings={
             "read_s": round(t_read - t_start, 3),  # set-up; reading streams into process_s
             "process_s": round(t_proc - t_read, 3),  # the parallel (Ray Data) stage, Ray start-up included
             "ray_start_s": map_timings["ray_start_s"],
-            "assemble_s": round(time.time() - t_proc, 3),  # dedup, mixture, packing plan
+            "assemble_s": round(time.time() - t_proc, 3),  # dedup, mixture, packing plan, records
         },
         workers=proc_workers(dc.ray, report["read"]),
     )
-    shard_rows = int(dc.shard_rows)
-    write_dataset(
-        out_dir, report=report,
-        train=spill.shards(rows, packed.sample_row, packed.sample_ids, packed.bins, shard_rows),
-        val=spill.shards(rows, packed.val_row, packed.val_ids, [[k] for k in range(len(packed.val_ids))],
-                         shard_rows, packed=False),
-        rejects=reject_records(verdicts, lambda idx: spill.raws(rows, idx)),
-        repairs=repaired, files_of=meta["files"], header=header, fp_payload=fp_payload,
-        max_reject_fraction=float(dc.max_reject_fraction),
-    )
-    _log(f"wrote {out_dir} in {time.time() - t_start:.1f}s", progress)
+    source = pa.DictionaryArray.from_arrays(pa.array(verdicts.source), pa.array(names, pa.string()))
+    train_ids = _copy_ids(verdicts.ids.take(pa.array(split.train_idx, pa.int64())), split.copy_no)
+    train = spill.samples(rows, split.train_idx, train_ids, source.take(pa.array(split.train_idx, pa.int64())))
+    val_take = pa.array(split.val_idx, pa.int64())
+    val = spill.samples(rows, split.val_idx, verdicts.ids.take(val_take), source.take(val_take))
+    n_val = len(split.val_idx)
+    return report, (train, packed.order, packed.sizes), (val, np.arange(n_val), np.ones(n_val, np.int64))
+
+
+def _copy_ids(ids: pa.Array, copy_no: np.ndarray) -> pa.Array:
+    """``<id>#<copy>`` for the repeats of an up-sampled row (its first copy keeps its id)."""
+    if not len(ids) or not copy_no.any():
+        return ids
+    joined = pc.binary_join_element_wise(ids, pc.cast(pa.array(copy_no), pa.string()), "#")
+    return pc.if_else(pa.array(copy_no == 0), ids, joined)

@@ -20,6 +20,7 @@ from ..llama3.tokens import BOS_ID, IGNORE_INDEX
 from .clean import (
     IdentityRewriter,
     RefusalFilter,
+    band_hashes,
     char_stats,
     dedup_text,
     exact_key,
@@ -50,6 +51,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("chars", pa.int64()),
         ("key", pa.binary(16)),
         ("sig", pa.list_(pa.uint32())),
+        ("bands", pa.list_(pa.uint64())),  # LSH band hashes of sig (clean.band_hashes)
         ("ws_changed", pa.bool_()),
         ("t2s_changed", pa.bool_()),
         ("identity_changed", pa.bool_()),
@@ -231,6 +233,17 @@ def _list_array(lists: list, value_type) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, value_type), mask=mask)
 
 
+def _band_column(sigs: list, nd: dict) -> pa.Array:
+    """The LSH band hashes of a batch's signatures, computed for the batch at once (vectorised)."""
+    have = [k for k, s in enumerate(sigs) if s is not None]
+    out: list = [None] * len(sigs)
+    if have:
+        bands = band_hashes(np.stack([sigs[k] for k in have]), nd["threshold"], nd["num_perm"])
+        for k, row in zip(have, bands):
+            out[k] = row
+    return _list_array(out, pa.uint64())
+
+
 def process_batch(batch: pa.Table, settings: dict) -> pa.Table:
     src = batch.column("source").to_pylist()
     fil = batch.column("file").to_pylist()
@@ -245,6 +258,8 @@ def process_batch(batch: pa.Table, settings: dict) -> pa.Table:
             cols[field.name] = _list_array(vals, pa.int32())
         elif field.name == "sig":
             cols[field.name] = _list_array(vals, pa.uint32())
+        elif field.name == "bands":
+            cols[field.name] = _band_column([r.get("sig") for r in rows], settings["clean"]["near_dedup"])
         else:
             cols[field.name] = pa.array(vals, field.type)
     return pa.table(cols, schema=OUTPUT_SCHEMA)

@@ -29,31 +29,26 @@ def write_rejects(path: Path, rejects: Iterable[dict], files_of: dict) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def repair_records(rows: pa.Table, kept_rows: np.ndarray) -> tuple[list[dict], dict[str, dict]]:
-    """Per-row records of the repairs made, and per source: repair -> rows it changed (all rows
-    read, whether kept or rejected later; each record says which)."""
+def write_repairs(path: Path, rows: pa.Table, kept_rows: np.ndarray, files_of: dict, window: int = 8192) -> dict[str, dict]:
+    """``repairs.jsonl``: one record per row a repair changed (whether kept or rejected later; each
+    record says which), in processing order, a window of rows at a time. Returns per source:
+    repair -> rows it changed."""
     col = rows.column("repairs")
     idx = np.flatnonzero(col.is_valid().to_numpy(zero_copy_only=False))
-    if len(idx) == 0:
-        return [], {}
-    kept = set(kept_rows.tolist())
-    take = pa.array(idx, pa.int64())
-    sub = rows.select(["source", "file", "line", "id", "status", "repairs"]).take(take).to_pylist()
-    records, counts = [], defaultdict(Counter)
-    for i, r in zip(idx.tolist(), sub):
-        fixes = json.loads(r["repairs"])
-        counts[r["source"]].update({k: 1 for k in fixes})
-        records.append({"source": r["source"], "file": r["file"], "line": r["line"], "id": r["id"], "repairs": fixes,
-                        "kept": i in kept})
-    return records, {k: dict(sorted(v.items())) for k, v in counts.items()}
-
-
-def write_repairs(path: Path, records: list[dict], files_of: dict) -> None:
+    counts: dict[str, Counter] = defaultdict(Counter)
+    light = rows.select(["source", "file", "line", "id", "repairs"])
     with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            files = files_of.get(r["source"], [])
-            rec = dict(r, file=files[r["file"]] if r["file"] < len(files) else None)
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        for start in range(0, len(idx), window):
+            part = idx[start:start + window]
+            kept = np.isin(part, kept_rows)
+            for r, k in zip(light.take(pa.array(part, pa.int64())).to_pylist(), kept.tolist()):
+                fixes = json.loads(r["repairs"])
+                counts[r["source"]].update({name: 1 for name in fixes})
+                files = files_of.get(r["source"], [])
+                rec = {"source": r["source"], "file": files[r["file"]] if r["file"] < len(files) else None,
+                       "line": r["line"], "id": r["id"], "repairs": fixes, "kept": k}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return {k: dict(sorted(v.items())) for k, v in counts.items()}
 
 
 # ---------------------------------------------------------------- data_report.json
@@ -67,18 +62,14 @@ def _column(rows: pa.Table, name: str) -> np.ndarray:
 def _source_reports(rows, v, split, specs, meta: dict) -> dict:
     """Per source: read / kept / rejected by reason, the mixture and the tokens it contributes."""
     n_tok, n_sup, trunc = _column(rows, "n_tokens"), _column(rows, "n_sup"), _column(rows, "truncated")
-    by_reason_src: dict[str, Counter] = defaultdict(Counter)
-    for i in v.rejected():
-        by_reason_src[v.source[i]][v.reason[i]] += 1
-    kept_src = np.array([v.source[i] for i in split.kept_rows], dtype=object)
-    train_arr = np.asarray(split.train_idx, dtype=np.int64)
-    train_src = np.array([v.source[i] for i in split.train_idx], dtype=object)
+    counts = v.counts()  # [source, reason]
+    kept_src, train_src = v.source[split.kept_rows], v.source[split.train_idx]
     out = {}
-    for spec in specs:
+    for code, spec in enumerate(specs):
         name = spec.name
-        k_idx = split.kept_rows[kept_src == name] if len(kept_src) else split.kept_rows
-        t_idx = train_arr[train_src == name] if len(train_src) else train_arr
-        rej = by_reason_src.get(name, Counter())
+        k_idx = split.kept_rows[kept_src == code]
+        t_idx = split.train_idx[train_src == code]
+        rej = {v.reasons[r]: int(c) for r, c in enumerate(counts[code]) if r and c}
         out[name] = {
             "format": spec.format,
             "files": meta["files"].get(name, []),
@@ -185,14 +176,17 @@ def add_repairs(report: dict, repair_counts: dict, read_errors: dict, repair_cfg
     }
 
 
-def reject_records(v, raws: Callable[[list[int]], Iterable[str]]) -> Iterator[dict]:
+def reject_records(rows: pa.Table, v, raws: Callable[[np.ndarray], Iterable[str]], window: int = 8192) -> Iterator[dict]:
     """One record per rejected row, in input order, for ``rejects.jsonl``; ``raws(idx)`` gives the
     raw text of rows ``idx`` in that order (from the spill, a window at a time)."""
-    idx = sorted(v.rejected(), key=v.order_key.__getitem__)
-    for i, raw in zip(idx, raws(idx)):
-        _, file_no, line = v.order_key[i]
-        yield {"source": v.source[i], "file": int(file_no), "line": int(line), "id": v.ids[i],
-               "reason": v.reason[i], "detail": v.detail[i], "raw": raw}
+    idx = v.rejected()
+    where = rows.select(["file", "line"])
+    texts = iter(raws(idx))
+    for start in range(0, len(idx), window):
+        part = idx[start:start + window]
+        for i, r in zip(part.tolist(), where.take(pa.array(part, pa.int64())).to_pylist()):
+            yield {"source": v.names[v.source[i]], "file": int(r["file"]), "line": int(r["line"]), "id": v.id_of(i),
+                   "reason": v.reasons[v.reason[i]], "detail": v.detail(i), "raw": next(texts)}
 
 
 # ---------------------------------------------------------------- console report

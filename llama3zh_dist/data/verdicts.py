@@ -1,31 +1,80 @@
-"""What the driver decides per processed row: kept (reason ``""``) or the reason and detail of its
-rejection. The per-row stage gives the first verdict (``status``); dedup and the mixture add theirs."""
+"""What the driver decides per processed row: kept, or the reason (and detail) of its rejection.
+The per-row stage gives the first verdict (``status``); dedup and the mixture add theirs.
+
+Held as numpy arrays of a few bytes per row (source code, input-order rank, reason code, the row a
+duplicate repeats), not Python objects, so the driver's memory per row stays small on inputs of
+millions of rows (bench/bench_prep_memory.py). Texts (ids, details) stay in the Arrow columns and
+are made only for the rows written out.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+# detail templates of the rejections the driver makes; {ref} is the id of the row repeated
+_REF_DETAIL = {"duplicate": "same conversation as {ref}", "near_duplicate": "near-duplicate of {ref}"}
 
 
 class Verdicts:
-    """Per-row ``reason``/``detail`` lists over the processed rows, and the kept rows in input order."""
+    """Per row: ``source`` (index into ``names``), ``rank`` (place in input order: source, file,
+    line), ``reason`` (index into ``reasons``; 0 = kept); ``ok``: the kept rows in input order."""
 
     def __init__(self, rows: pa.Table, source_order: list[str]):
         self.n = rows.num_rows
-        self.source = rows.column("source").to_pylist()
-        self.ids = rows.column("id").to_pylist()
-        self.reason = rows.column("status").to_pylist()
-        self.detail = rows.column("detail").to_pylist()
-        rank = {name: i for i, name in enumerate(source_order)}
+        self.names = list(source_order)
+        self.source = pc.index_in(rows.column("source"), value_set=pa.array(self.names)).to_numpy().astype(np.int16)
         # rows may come back from the workers in any order: order by (source, file, line) explicitly
-        self.order_key = list(zip([rank[s] for s in self.source], rows.column("file").to_pylist(),
-                                  rows.column("line").to_pylist()))
-        self.ok = sorted((i for i in range(self.n) if self.reason[i] == ""), key=self.order_key.__getitem__)
+        order = np.lexsort((rows.column("line").to_numpy(), rows.column("file").to_numpy(), self.source))
+        self.rank = np.empty(self.n, dtype=np.int64)
+        self.rank[order] = np.arange(self.n)
+        self.ids = rows.column("id").combine_chunks() if self.n else pa.array([], pa.string())
+        self._details = rows.column("detail").combine_chunks() if self.n else pa.array([], pa.string())
+        status = rows.column("status").combine_chunks() if self.n else pa.array([], pa.string())
+        found = [s for s in pc.unique(status).to_pylist() if s != ""]
+        self.reasons = [""] + sorted(found)
+        self.reason = pc.index_in(status, value_set=pa.array(self.reasons)).to_numpy().astype(np.int16)
+        self.ref = np.full(self.n, -1, dtype=np.int64)  # the row a duplicate repeats
+        self.source_detail: dict[tuple[int, int], str] = {}  # (reason, source) -> detail (mixture)
+        self.ok = order[self.reason[order] == 0]
 
-    def reject(self, i: int, reason: str, detail: str) -> None:
-        self.reason[i], self.detail[i] = reason, detail
+    def code(self, reason: str) -> int:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return self.reasons.index(reason)
 
-    def in_order(self, idx) -> list[int]:
-        return sorted(idx, key=self.order_key.__getitem__)
+    def reject(self, idx: np.ndarray, reason: str, *, ref: np.ndarray | None = None, detail: str | None = None) -> None:
+        """Reject rows ``idx`` (they leave ``ok`` when the caller says so): as repeats of rows ``ref``,
+        or with one ``detail`` for all of them (given per source)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        c = self.code(reason)
+        self.reason[idx] = c
+        if ref is not None:
+            self.ref[idx] = ref
+        if detail is not None and len(idx):
+            for s in np.unique(self.source[idx]).tolist():
+                self.source_detail[(c, s)] = detail
 
-    def rejected(self) -> list[int]:
-        return [i for i in range(self.n) if self.reason[i] != ""]
+    def in_order(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        return idx[np.argsort(self.rank[idx], kind="stable")]
+
+    def rejected(self) -> np.ndarray:
+        """The rejected rows, in input order."""
+        return self.in_order(np.flatnonzero(self.reason != 0))
+
+    def id_of(self, i: int) -> str:
+        return self.ids[int(i)].as_py()
+
+    def detail(self, i: int) -> str:
+        reason = self.reasons[self.reason[i]]
+        if reason in _REF_DETAIL:
+            return _REF_DETAIL[reason].format(ref=self.id_of(self.ref[i]))
+        got = self.source_detail.get((int(self.reason[i]), int(self.source[i])))
+        return got if got is not None else self._details[int(i)].as_py()
+
+    def counts(self) -> np.ndarray:
+        """[source, reason] -> rows."""
+        flat = self.source.astype(np.int64) * len(self.reasons) + self.reason
+        return np.bincount(flat, minlength=len(self.names) * len(self.reasons)).reshape(len(self.names), -1)

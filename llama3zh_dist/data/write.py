@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 
 from ..errors import UserError
 from ..fileio import swap_dir_into_place
-from .report import write_rejects, write_repairs
 
 FORMAT_VERSION = 1
 COLUMNS = ["input_ids", "labels", "position_ids", "sample_ids", "sources"]
@@ -103,16 +102,16 @@ def manifest(report: dict, header: dict, shards: list[str], val_shards: list[str
     }
 
 
-def write_dataset(out_dir: Path, *, report: dict, train: Iterable[pa.Table], val: Iterable[pa.Table],
-                  rejects: Iterable[dict], repairs: list[dict], files_of: dict, header: dict, fp_payload: dict,
-                  max_reject_fraction: float) -> None:
-    """``train``/``val``: the shards' tables, built as they are written."""
+def write_dataset(out_dir: Path, *, report: dict, train: Iterable[Iterable[pa.Table]], val: Iterable[Iterable[pa.Table]],
+                  records: list[Path], header: dict, fp_payload: dict, max_reject_fraction: float) -> None:
+    """``train``/``val``: the shards' tables, built as they are written; ``records``: files written
+    already (``rejects.jsonl``, ``repairs.jsonl``), moved in first."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        write_rejects(tmp / "rejects.jsonl", rejects, files_of)
-        write_repairs(tmp / "repairs.jsonl", repairs, files_of)
+        for path in records:
+            os.replace(path, tmp / path.name)
         check_outcome(tmp, out_dir, report, max_reject_fraction)
         shards = write_shards(tmp, train)
         val_shards = write_val(tmp, val)
