@@ -88,7 +88,8 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
     cfg.data.out_dir = out_dir
     cfg.data.max_seq_len = 4096
     cfg.data.max_reject_fraction = 1.0
-    cfg.data.ray.workers = 0
+    workers = os.environ.get("BENCH_PREP_WORKERS", "0")
+    cfg.data.ray.workers = None if workers == "auto" else int(workers)  # auto: all CPUs, as by default
     cfg.data.progress = stage == "prep"
     # the corpus repeats 3,000 bodies (fresh ids, first lines): near-dedup would keep only those and
     # hide how prep's memory follows the kept samples
@@ -125,14 +126,44 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def measure(stage: str, path: str, tmp: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+def _tree_rss_mb(proc) -> float:
+    """RSS of a process and all its descendants (Ray's raylet, GCS and workers), in MB; shared pages
+    count once per process, so this is an upper bound."""
+    import psutil
+
+    total = 0
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def measure(stage: str, path: str, tmp: Path, workers: str = "0") -> dict:
+    import psutil
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               BENCH_PREP_WORKERS=workers)
     cmd = [sys.executable, __file__, "--child", stage, path, str(tmp / f"out_{stage}_{Path(path).name}")]
-    res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
-    fig = json.loads(res.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    proc, tree_peak = psutil.Process(child.pid), 0.0
+    while child.poll() is None:
+        tree_peak = max(tree_peak, _tree_rss_mb(proc))
+        time.sleep(0.5)
+    out = child.stdout.read()
+    if child.returncode != 0:
+        raise SystemExit(f"{stage} on {path} failed (exit {child.returncode})")
+    fig = json.loads(out.strip().splitlines()[-1])
+    fig["tree_peak_mb"] = tree_peak
+    fig["workers"] = workers
     print(f"  {fig['stage']:<7} {fig['file']:<26} {fig['mb']:>8.0f} MB {fig['rows']:>10,} rows "
           f"{fig['seconds']:>8.1f} s  {fig['rows'] / max(fig['seconds'], 1e-9):>8,.0f} rows/s  "
-          f"peak RSS {fig['peak_rss_mb']:>7,.0f} MB", flush=True)
+          f"peak RSS {fig['peak_rss_mb']:>7,.0f} MB (all processes {tree_peak:,.0f} MB)", flush=True)
     return fig
 
 
@@ -145,6 +176,9 @@ def main() -> None:
                          "per core a 1 GB file takes 10-30 minutes per format)")
     ap.add_argument("--prep-mb", type=int, nargs="*", default=[20, 80])
     ap.add_argument("--stages", nargs="*", default=["read", "stream", "prep"])
+    ap.add_argument("--prep-workers", default="auto",
+                    help="data.ray.workers for the prep stage: auto (all CPUs, the default; Ray above "
+                         "data.ray.min_rows rows) or a number (0 = in-process)")
     ap.add_argument("--tmp", default=None, help="folder for the generated files (default: a temp folder)")
     ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -170,13 +204,17 @@ def main() -> None:
             for mb in args.prep_mb:
                 c = write_corpus(tmp, mb, seed=1)
                 print(f"corpus {mb} MB: {c['rows']:,} conversations", flush=True)
-                figs += [measure("prep", c["json"], tmp), measure("prep", c["jsonl"], tmp)]
+                figs += [measure("prep", c["json"], tmp, args.prep_workers),
+                         measure("prep", c["jsonl"], tmp, args.prep_workers)]
+                for p in (c["json"], c["jsonl"]):
+                    os.remove(p)
         print("\npeak RSS by stage and size (MB):")
         for stage in ("read", "stream", "prep"):
             for kind in ("json", "jsonl"):
                 row = [f for f in figs if f["stage"] == stage and f["file"].endswith("." + kind)]
                 if row:
-                    cells = ", ".join(f"{f['mb']:,.0f} MB input -> {f['peak_rss_mb']:,.0f} MB" for f in row)
+                    cells = ", ".join(f"{f['mb']:,.0f} MB input ({f['rows']:,} rows) -> {f['peak_rss_mb']:,.0f} MB"
+                                      f" (all processes {f['tree_peak_mb']:,.0f} MB)" for f in row)
                     print(f"  {stage:<7}{kind:<6} {cells}")
 
 

@@ -230,38 +230,28 @@ def band_hashes(sigs: np.ndarray, threshold: float, num_perm: int) -> np.ndarray
     return out
 
 
-def candidate_pairs(bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, earlier row) pairs to verify: in each band, every row and the first row of its bucket
-    (rows in input order), over all bands, each pair once."""
+def near_duplicates_banded(bands: np.ndarray, similarity, threshold: float, chunk: int = 1 << 14) -> np.ndarray:
+    """Per row (rows in input order): the earliest earlier row it nearly duplicates, or -1.
+
+    Candidates: in each band, every row and the first row of its bucket (equal band hashes). Each
+    is verified by the estimated Jaccard similarity (share of equal signature values) >= threshold:
+    ``similarity(a, b)`` gives it for rows ``a[k]``, ``b[k]``, ``chunk`` pairs at a time, so the
+    signatures it reads back stay bounded. Bands are searched one after the other, and a candidate
+    no earlier than the row's best so far is not checked again, so memory is a few arrays of the
+    row count whatever the number of duplicates. Vectorised with numpy: no per-row Python work."""
     n = len(bands)
     idx = np.arange(n)
-    rows, firsts = [], []
+    best = np.full(n, n, dtype=np.int64)
     for band in range(bands.shape[1] if n else 0):
         _, first, inverse = np.unique(bands[:, band], return_index=True, return_inverse=True)
         cand = first[inverse.ravel()]
-        has = np.flatnonzero(cand < idx)
-        rows.append(has)
-        firsts.append(cand[has])
-    if not rows or not sum(len(r) for r in rows):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(firsts)], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
-
-
-def near_duplicates_banded(bands: np.ndarray, similarity, threshold: float, chunk: int = 1 << 16) -> np.ndarray:
-    """Per row (rows in input order): the earliest earlier row it nearly duplicates, or -1.
-
-    Candidates share a band bucket (:func:`candidate_pairs`); each is verified by the estimated
-    Jaccard similarity (share of equal signature values) >= threshold. ``similarity(a, b)`` gives it
-    for rows ``a[k]``, ``b[k]``; pairs go to it ``chunk`` at a time, so the signatures it reads back
-    stay bounded. The first of a group is kept. Vectorised with numpy: no per-row Python work."""
-    n = len(bands)
-    best = np.full(n, n, dtype=np.int64)
-    rows, firsts = candidate_pairs(bands)
-    for s in range(0, len(rows), chunk):
-        a, b = rows[s:s + chunk], firsts[s:s + chunk]
-        ok = np.asarray(similarity(a, b)) >= threshold
-        np.minimum.at(best, a[ok], b[ok])
+        del first, inverse
+        has = np.flatnonzero(cand < np.minimum(idx, best))
+        for s in range(0, len(has), chunk):
+            a = has[s:s + chunk]
+            b = cand[a]
+            ok = np.asarray(similarity(a, b)) >= threshold
+            best[a[ok]] = np.minimum(best[a[ok]], b[ok])
     best[best == n] = -1
     return best
 

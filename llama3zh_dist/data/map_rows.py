@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from ..schema.data import RayDataConfig
+from .spill import Rows, Spill
 
 # raw blocks handed to Ray Data at a time, per worker: enough to keep every worker busy to the end
 # of a window, few enough that the object store holds a bounded slice of the input
@@ -43,14 +44,13 @@ def proc_workers(ray_cfg: RayDataConfig, total: int) -> int:
 
 
 def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: dict, progress: bool,
-             keep: Callable[[pa.Table], pa.Table] = lambda t: t) -> tuple[pa.Table, dict]:
-    """Process every raw block; returns the processed rows (in any order: the driver orders them by
-    source, file and line itself) and timings (``ray_start_s``). Each processed block goes through
-    ``keep`` as it arrives (prep spills its heavy columns to disk there and keeps the rest)."""
+             spill: Spill) -> tuple[Rows, dict]:
+    """Process every raw block into ``spill`` as it arrives; returns the processed rows (in any
+    order: the driver orders them by source, file and line itself) and timings (``ray_start_s``)."""
     from .process import OUTPUT_SCHEMA
 
-    def kept(t: pa.Table) -> pa.Table:
-        return keep(t.cast(OUTPUT_SCHEMA) if t.schema != OUTPUT_SCHEMA else t)
+    def kept(t: pa.Table) -> None:
+        spill.add(t.cast(OUTPUT_SCHEMA) if t.schema != OUTPUT_SCHEMA else t)
 
     ahead: list[pa.Table] = []
     total = 0
@@ -63,17 +63,18 @@ def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: 
     workers = proc_workers(ray_cfg, total) if ahead else 0
     timings: dict = {"ray_start_s": 0.0}
     if workers > 0:
-        outs = _map_with_ray(itertools.chain(ahead, blocks), workers, ray_cfg, proc_settings, progress, timings, kept)
+        _map_with_ray(itertools.chain(ahead, blocks), workers, ray_cfg, proc_settings, progress, timings, kept)
     else:
         _log("processing rows in-process" + (f" ({total} rows)" if ahead else " as they are read"), progress)
-        outs = _map_in_process(itertools.chain(ahead, blocks), proc_settings, kept)
-    return pa.concat_tables(outs or [kept(OUTPUT_SCHEMA.empty_table())]), timings
+        _map_in_process(itertools.chain(ahead, blocks), proc_settings, kept)
+    return spill.rows(), timings
 
 
-def _map_in_process(blocks: Iterator[pa.Table], proc_settings: dict, kept) -> list[pa.Table]:
+def _map_in_process(blocks: Iterator[pa.Table], proc_settings: dict, kept: Callable[[pa.Table], None]) -> None:
     from .process import process_batch
 
-    return [kept(process_batch(c, proc_settings)) for c in blocks]
+    for c in blocks:
+        kept(process_batch(c, proc_settings))
 
 
 def _quiet_ray_loggers() -> None:
@@ -120,7 +121,7 @@ def _windows(blocks: Iterator[pa.Table], workers: int, size: int) -> Iterator[li
 
 
 def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConfig, proc_settings: dict,
-                  progress: bool, timings: dict, kept) -> list[pa.Table]:
+                  progress: bool, timings: dict, kept: Callable[[pa.Table], None]) -> None:
     import ray
 
     from .process import process_batch
@@ -144,7 +145,6 @@ def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConf
             compute = {"concurrency": workers}
         _log(f"processing rows with Ray Data ({workers} workers, {WINDOW_BLOCKS_PER_WORKER * workers} blocks "
              f"at a time)", progress)
-        outs = []
         # Windows of blocks, one Ray Data pipeline each: Ray Data reads only from its own datasources,
         # and ours (the streaming JSON array / JSONL readers, with byte offsets in their errors) run
         # in the driver; a window bounds what the object store holds of the input.
@@ -154,8 +154,8 @@ def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConf
                 num_cpus=1, zero_copy_batch=True, **compute,
             )
             del refs  # the dataset owns the blocks now: each is freed once processed
-            outs += [kept(b) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
-        return outs
+            for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                kept(b)
     finally:
         if started:
             ray.shutdown()

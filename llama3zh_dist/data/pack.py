@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-
 from .packing import best_fit_decreasing_flat
+from .spill import Rows
 
 
 def _log(msg: str, enabled: bool = True) -> None:
@@ -33,10 +32,10 @@ class Packed:
         return len(self.sizes)
 
 
-def _column(rows: pa.Table, name: str, idx: np.ndarray) -> np.ndarray:
+def _column(rows: Rows, name: str, idx: np.ndarray) -> np.ndarray:
     if not len(idx):
         return np.zeros(0, np.int64)
-    return rows.column(name).to_numpy(zero_copy_only=False)[idx].astype(np.int64)
+    return rows.numpy(name)[idx].astype(np.int64)
 
 
 def _shuffle_bins(flat: np.ndarray, sizes: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +46,7 @@ def _shuffle_bins(flat: np.ndarray, sizes: np.ndarray, perm: np.ndarray) -> tupl
     return flat[first + np.arange(len(first))], new_sizes
 
 
-def pack(rows: pa.Table, train_idx: np.ndarray, max_len: int, packing: bool, seed: int, progress: bool) -> Packed:
+def pack(rows: Rows, train_idx: np.ndarray, max_len: int, packing: bool, seed: int, progress: bool) -> Packed:
     """``train_idx``: the processed row of each training sample."""
     lengths = _column(rows, "n_tokens", train_idx)
     if packing and len(lengths):

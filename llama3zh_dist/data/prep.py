@@ -37,8 +37,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..llama3.chat_format import TEMPLATE_VERSION
 from ..llama3.hf_tokenizer import load_encoder
@@ -117,17 +115,15 @@ def _plan(dc: DataConfig, specs, out_dir: Path, seed: int, proc_settings: dict, 
     blocks = raw_blocks(specs, int(dc.ray.block_rows), progress, meta)  # read (lazily, as map pulls)
     t_read = time.time()
     # map; the heavy columns (raw text, tokens, MinHash signatures) go to disk as each block is done
-    rows, map_timings = map_rows(blocks, dc.ray, proc_settings, progress, keep=spill.add)
+    rows, map_timings = map_rows(blocks, dc.ray, proc_settings, progress, spill)
     t_proc = time.time()
     names = [s.name for s in specs]
     verdicts = Verdicts(rows, names)
-    removed = dedup(rows, verdicts, dc.clean, progress, lambda idx: spill.signatures(rows, idx))
-    rows = rows.drop_columns(["key", "bands"])  # dedup's columns: not needed any more
+    removed = dedup(rows, verdicts, dc.clean, progress)
     split = split_and_mix(verdicts, specs, float(dc.val_fraction), seed)
     packed = pack(rows, split.train_idx, int(dc.max_seq_len), bool(dc.packing), seed, progress)
     report = build_report(rows, verdicts, split, packed, removed, specs, meta, dc)
-    write_rejects(spill.folder / "rejects.jsonl", reject_records(rows, verdicts, lambda idx: spill.raws(rows, idx)),
-                  meta["files"])
+    write_rejects(spill.folder / "rejects.jsonl", reject_records(rows, verdicts), meta["files"])
     repair_counts = write_repairs(spill.folder / "repairs.jsonl", rows, split.kept_rows, meta["files"])
     add_repairs(report, repair_counts, meta["read_errors"], dc.repair, REPAIRS, out_dir)
     report.update(
@@ -139,18 +135,6 @@ def _plan(dc: DataConfig, specs, out_dir: Path, seed: int, proc_settings: dict, 
         },
         workers=proc_workers(dc.ray, report["read"]),
     )
-    source = pa.DictionaryArray.from_arrays(pa.array(verdicts.source), pa.array(names, pa.string()))
-    train_ids = _copy_ids(verdicts.ids.take(pa.array(split.train_idx, pa.int64())), split.copy_no)
-    train = spill.samples(rows, split.train_idx, train_ids, source.take(pa.array(split.train_idx, pa.int64())))
-    val_take = pa.array(split.val_idx, pa.int64())
-    val = spill.samples(rows, split.val_idx, verdicts.ids.take(val_take), source.take(val_take))
     n_val = len(split.val_idx)
-    return report, (train, packed.order, packed.sizes), (val, np.arange(n_val), np.ones(n_val, np.int64))
-
-
-def _copy_ids(ids: pa.Array, copy_no: np.ndarray) -> pa.Array:
-    """``<id>#<copy>`` for the repeats of an up-sampled row (its first copy keeps its id)."""
-    if not len(ids) or not copy_no.any():
-        return ids
-    joined = pc.binary_join_element_wise(ids, pc.cast(pa.array(copy_no), pa.string()), "#")
-    return pc.if_else(pa.array(copy_no == 0), ids, joined)
+    return (report, (rows.samples(split.train_idx, split.copy_no), packed.order, packed.sizes),
+            (rows.samples(split.val_idx), np.arange(n_val), np.ones(n_val, np.int64)))

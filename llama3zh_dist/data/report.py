@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
-import pyarrow as pa
-
 from .sources import FILTER_REASONS, VALIDATION_REASONS
+from .spill import Rows
 
 
 def write_rejects(path: Path, rejects: Iterable[dict], files_of: dict) -> None:
@@ -29,25 +28,24 @@ def write_rejects(path: Path, rejects: Iterable[dict], files_of: dict) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def write_repairs(path: Path, rows: pa.Table, kept_rows: np.ndarray, files_of: dict, window: int = 8192) -> dict[str, dict]:
+def write_repairs(path: Path, rows: Rows, kept_rows: np.ndarray, files_of: dict) -> dict[str, dict]:
     """``repairs.jsonl``: one record per row a repair changed (whether kept or rejected later; each
     record says which), in processing order, a window of rows at a time. Returns per source:
     repair -> rows it changed."""
-    col = rows.column("repairs")
-    idx = np.flatnonzero(col.is_valid().to_numpy(zero_copy_only=False))
+    idx = np.flatnonzero(rows.column("repairs").is_valid().to_numpy(zero_copy_only=False))
     counts: dict[str, Counter] = defaultdict(Counter)
-    light = rows.select(["source", "file", "line", "id", "repairs"])
+    kept = np.isin(idx, kept_rows)
     with open(path, "w", encoding="utf-8") as f:
-        for start in range(0, len(idx), window):
-            part = idx[start:start + window]
-            kept = np.isin(part, kept_rows)
-            for r, k in zip(light.take(pa.array(part, pa.int64())).to_pylist(), kept.tolist()):
+        k = 0
+        for part in rows.gather(["source", "file", "line", "id", "repairs"], idx):
+            for r in part.to_pylist():
                 fixes = json.loads(r["repairs"])
                 counts[r["source"]].update({name: 1 for name in fixes})
                 files = files_of.get(r["source"], [])
                 rec = {"source": r["source"], "file": files[r["file"]] if r["file"] < len(files) else None,
-                       "line": r["line"], "id": r["id"], "repairs": fixes, "kept": k}
+                       "line": r["line"], "id": r["id"], "repairs": fixes, "kept": bool(kept[k])}
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                k += 1
     return {k: dict(sorted(v.items())) for k, v in counts.items()}
 
 
@@ -55,8 +53,8 @@ def write_repairs(path: Path, rows: pa.Table, kept_rows: np.ndarray, files_of: d
 HIST_EDGES = [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 
 
-def _column(rows: pa.Table, name: str) -> np.ndarray:
-    return rows.column(name).to_numpy(zero_copy_only=False)
+def _column(rows: Rows, name: str) -> np.ndarray:
+    return rows.numpy(name)
 
 
 def _source_reports(rows, v, split, specs, meta: dict) -> dict:
@@ -119,7 +117,7 @@ def _cleaning(rows, kept: np.ndarray, clean, removed: dict, all_reasons: Counter
     }
 
 
-def build_report(rows: pa.Table, v, split, packed, removed: dict, specs, meta: dict, dc) -> dict:
+def build_report(rows: Rows, v, split, packed, removed: dict, specs, meta: dict, dc) -> dict:
     """``data_report.json`` (less what the write step adds): counts per source and per reason,
     cleaning, mixture, lengths and packing. ``split.kept_rows``: every kept row (train or val)."""
     sources = _source_reports(rows, v, split, specs, meta)
@@ -176,17 +174,21 @@ def add_repairs(report: dict, repair_counts: dict, read_errors: dict, repair_cfg
     }
 
 
-def reject_records(rows: pa.Table, v, raws: Callable[[np.ndarray], Iterable[str]], window: int = 8192) -> Iterator[dict]:
-    """One record per rejected row, in input order, for ``rejects.jsonl``; ``raws(idx)`` gives the
-    raw text of rows ``idx`` in that order (from the spill, a window at a time)."""
+def reject_records(rows: Rows, v) -> Iterator[dict]:
+    """One record per rejected row, in input order, for ``rejects.jsonl``, read back from the spill a
+    window of rows at a time."""
     idx = v.rejected()
-    where = rows.select(["file", "line"])
-    texts = iter(raws(idx))
-    for start in range(0, len(idx), window):
-        part = idx[start:start + window]
-        for i, r in zip(part.tolist(), where.take(pa.array(part, pa.int64())).to_pylist()):
-            yield {"source": v.names[v.source[i]], "file": int(r["file"]), "line": int(r["line"]), "id": v.id_of(i),
-                   "reason": v.reasons[v.reason[i]], "detail": v.detail(i), "raw": next(texts)}
+    texts = rows.gather(["raw"], idx)
+    start = 0
+    for where in rows.gather(["file", "line", "id", "detail"], idx):
+        part = idx[start:start + where.num_rows]
+        start += where.num_rows
+        raw = next(texts).column(0).to_pylist()
+        cols = where.to_pydict()
+        details = v.details(part, cols["detail"])
+        for k, i in enumerate(part.tolist()):
+            yield {"source": v.names[v.source[i]], "file": int(cols["file"][k]), "line": int(cols["line"][k]),
+                   "id": cols["id"][k], "reason": v.reasons[v.reason[i]], "detail": details[k], "raw": raw[k]}
 
 
 # ---------------------------------------------------------------- console report

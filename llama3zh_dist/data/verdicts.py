@@ -4,7 +4,7 @@ The per-row stage gives the first verdict (``status``); dedup and the mixture ad
 Held as numpy arrays of a few bytes per row (source code, input-order rank, reason code, the row a
 duplicate repeats), not Python objects, so the driver's memory per row stays small on inputs of
 millions of rows (bench/bench_prep_memory.py). Texts (ids, details) stay in the Arrow columns and
-are made only for the rows written out.
+are read back (:class:`.spill.Rows`) only for the rows written out.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from .spill import Rows
 
 # detail templates of the rejections the driver makes; {ref} is the id of the row repeated
 _REF_DETAIL = {"duplicate": "same conversation as {ref}", "near_duplicate": "near-duplicate of {ref}"}
@@ -21,20 +23,18 @@ class Verdicts:
     """Per row: ``source`` (index into ``names``), ``rank`` (place in input order: source, file,
     line), ``reason`` (index into ``reasons``; 0 = kept); ``ok``: the kept rows in input order."""
 
-    def __init__(self, rows: pa.Table, source_order: list[str]):
+    def __init__(self, rows: Rows, source_order: list[str]):
+        self.rows = rows
         self.n = rows.num_rows
         self.names = list(source_order)
         self.source = pc.index_in(rows.column("source"), value_set=pa.array(self.names)).to_numpy().astype(np.int16)
         # rows may come back from the workers in any order: order by (source, file, line) explicitly
-        order = np.lexsort((rows.column("line").to_numpy(), rows.column("file").to_numpy(), self.source))
+        order = np.lexsort((rows.numpy("line"), rows.numpy("file"), self.source))
         self.rank = np.empty(self.n, dtype=np.int64)
         self.rank[order] = np.arange(self.n)
-        self.ids = rows.column("id").combine_chunks() if self.n else pa.array([], pa.string())
-        self._details = rows.column("detail").combine_chunks() if self.n else pa.array([], pa.string())
-        status = rows.column("status").combine_chunks() if self.n else pa.array([], pa.string())
-        found = [s for s in pc.unique(status).to_pylist() if s != ""]
-        self.reasons = [""] + sorted(found)
-        self.reason = pc.index_in(status, value_set=pa.array(self.reasons)).to_numpy().astype(np.int16)
+        status = rows.column("status")
+        self.reasons = [""] + sorted(s for s in pc.unique(status).to_pylist() if s != "")
+        self.reason = pc.index_in(status, value_set=pa.array(self.reasons, pa.string())).to_numpy().astype(np.int16)
         self.ref = np.full(self.n, -1, dtype=np.int64)  # the row a duplicate repeats
         self.source_detail: dict[tuple[int, int], str] = {}  # (reason, source) -> detail (mixture)
         self.ok = order[self.reason[order] == 0]
@@ -64,15 +64,20 @@ class Verdicts:
         """The rejected rows, in input order."""
         return self.in_order(np.flatnonzero(self.reason != 0))
 
-    def id_of(self, i: int) -> str:
-        return self.ids[int(i)].as_py()
-
-    def detail(self, i: int) -> str:
-        reason = self.reasons[self.reason[i]]
-        if reason in _REF_DETAIL:
-            return _REF_DETAIL[reason].format(ref=self.id_of(self.ref[i]))
-        got = self.source_detail.get((int(self.reason[i]), int(self.source[i])))
-        return got if got is not None else self._details[int(i)].as_py()
+    def details(self, idx: np.ndarray, own: list) -> list[str]:
+        """The detail of each rejected row ``idx[k]`` (``own[k]``: the detail its processing gave)."""
+        refs = self.ref[idx]
+        has_ref = np.flatnonzero(refs >= 0)
+        ref_ids = next(self.rows.gather(["id"], refs[has_ref], window=max(len(has_ref), 1)), None)
+        ref_id = dict(zip(has_ref.tolist(), ref_ids.column(0).to_pylist() if ref_ids is not None else []))
+        out = []
+        for k, i in enumerate(idx.tolist()):
+            reason = self.reasons[self.reason[i]]
+            if reason in _REF_DETAIL:
+                out.append(_REF_DETAIL[reason].format(ref=ref_id[k]))
+            else:
+                out.append(self.source_detail.get((int(self.reason[i]), int(self.source[i])), own[k]))
+        return out
 
     def counts(self) -> np.ndarray:
         """[source, reason] -> rows."""

@@ -22,6 +22,10 @@ from ..fileio import swap_dir_into_place
 
 FORMAT_VERSION = 1
 COLUMNS = ["input_ids", "labels", "position_ids", "sample_ids", "sources"]
+# Dictionary-encode only the columns of few distinct values: a token column has up to 128k ids, its
+# dictionary outgrows the page limit and Parquet falls back to plain encoding after building it for
+# nothing (several times the row group in memory).
+DICTIONARY_COLUMNS = ["sources"]
 
 
 def write_shards(folder: Path, shards: Iterable[Iterable[pa.Table]]) -> list[str]:
@@ -33,7 +37,7 @@ def write_shards(folder: Path, shards: Iterable[Iterable[pa.Table]]) -> list[str
         try:
             for piece in pieces:
                 if writer is None:
-                    writer = pq.ParquetWriter(folder / name, piece.schema, compression="zstd")
+                    writer = pq.ParquetWriter(folder / name, piece.schema, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
                 writer.write_table(piece)
         finally:
             if writer is not None:
