@@ -1,7 +1,10 @@
 """Peak memory of prep against input size: JSON array and JSONL, two sizes each, side by side.
 
     .venv/bin/python bench/bench_prep_memory.py [--small-mb 100] [--large-mb 1024] [--stream-mb 10 100]
-                                                [--prep-mb 20 80] [--stages read stream prep]
+                                                [--prep-mb 20 80] [--prep-workers auto] [--stages read stream prep]
+
+    # the figures of issue 14 (two sizes of each format through the whole prep; ~25 min on 2 cores):
+    .venv/bin/python bench/bench_prep_memory.py --stages prep --prep-mb 256 1024
 
 Corpus: ShareGPT-layout conversations of synthetic Chinese chat (bench_prep.make_corpus's text
 generator), the same rows written as one JSON array (indented, as ShareGPT_V3 dumps are) and as
@@ -13,9 +16,13 @@ share caches. Figures:
   map format, repair, clean, validate, tokenise + mask, dedup keys), block by block, outputs
   counted and dropped. This stage is bounded: reader buffer (~1 MiB + one record) + one block.
 - ``read``: the reader alone (``readers.iter_records`` + ``json.loads`` of every record).
-- ``prep``: the whole ``prepare_dataset`` at the ``--prep-mb`` sizes. Raw text and tokens are
-  spilled to disk block by block and the shards built one at a time, so what grows with the input is
-  only the driver's per-row metadata (ids, verdicts, lengths, dedup keys).
+- ``prep``: the whole ``prepare_dataset`` at the ``--prep-mb`` sizes, as a user runs it
+  (``--prep-workers auto``: Ray Data on all CPUs above ``data.ray.min_rows`` rows; ``0`` for
+  in-process). Every processed block goes to disk (raw text, tokens, signatures and the per-row
+  metadata), the driver keeps numpy arrays of a few dozen bytes per row and builds the shards one at
+  a time, so peak memory is a fixed part plus those bytes per row. Two figures: the driver's peak
+  RSS, and the peak of the sum over the driver and every process it started (Ray's GCS, raylet and
+  workers; sampled every 0.5 s; shared pages counted once per process, so an upper bound).
 
 Near-dedup is off in every stage (the corpus repeats its bodies; see ``_child``).
 """

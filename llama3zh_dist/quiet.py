@@ -22,6 +22,11 @@ _LOG_LINES = [
     ("DeepSpeed", "Attempting to get learning rate from scheduler before it has started",
      "WarmupCosineLR logs this from its own constructor; the trainer steps the schedule to its "
      "first iteration right after (deepspeed_config.start_lr_schedule)."),
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray cluster",
+     "Ray says so on every local start since token auth became its default: nothing to act on. The "
+     "opposite message (auth disabled) is a real warning and still shows."),
+    ("ray.data._internal.progress", "Progress bars disabled",
+     "prep turns Ray Data's bars off on purpose: its own line shows rows/s and ETA over the whole input."),
 ]
 
 
@@ -35,7 +40,7 @@ class _DropMessages(logging.Filter):
 
 
 def silence_known_noise() -> None:
-    """Install the filters (idempotent); call before DeepSpeed runs."""
+    """Install the filters (idempotent); call before DeepSpeed or Ray starts."""
     for pattern, category, _why in _WARNINGS:
         warnings.filterwarnings("ignore", message=pattern, category=category)
     for name in {n for n, _, _ in _LOG_LINES}:

@@ -20,11 +20,14 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from ..schema.data import RayDataConfig
+from ..quiet import silence_known_noise
 from .spill import Rows, Spill
 
 # raw blocks handed to Ray Data at a time, per worker: enough to keep every worker busy to the end
 # of a window, few enough that the object store holds a bounded slice of the input
 WINDOW_BLOCKS_PER_WORKER = 8
+STORE_WINDOWS = 4
+MIN_STORE_BYTES = 256 << 20
 
 
 def _log(msg: str, enabled: bool = True) -> None:
@@ -63,7 +66,9 @@ def map_rows(blocks: Iterator[pa.Table], ray_cfg: RayDataConfig, proc_settings: 
     workers = proc_workers(ray_cfg, total) if ahead else 0
     timings: dict = {"ray_start_s": 0.0}
     if workers > 0:
-        _map_with_ray(itertools.chain(ahead, blocks), workers, ray_cfg, proc_settings, progress, timings, kept)
+        block_bytes = sum(c.nbytes for c in ahead) / len(ahead)
+        _map_with_ray(itertools.chain(ahead, blocks), workers, ray_cfg, proc_settings, progress, timings, kept,
+                      block_bytes)
     else:
         _log("processing rows in-process" + (f" ({total} rows)" if ahead else " as they are read"), progress)
         _map_in_process(itertools.chain(ahead, blocks), proc_settings, kept)
@@ -78,12 +83,27 @@ def _map_in_process(blocks: Iterator[pa.Table], proc_settings: dict, kept: Calla
 
 
 def _quiet_ray_loggers() -> None:
+    silence_known_noise()
     for name in ("ray", "ray.data"):  # our own progress lines say what happens
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _start_ray(ray_cfg: RayDataConfig, workers: int) -> bool:
-    """Connect to ``data.ray.address`` or start a local Ray for this prep; True if we started it."""
+def object_store_bytes(workers: int, block_bytes: float) -> int | None:
+    """The object store of a local Ray started for prep: ``STORE_WINDOWS`` windows of raw blocks
+    (the outputs in flight fit in the same room: the driver takes each as it is done), at least
+    ``MIN_STORE_BYTES``; None (Ray's default, 30% of RAM) if that is less. Why cap it: every new
+    object lands on fresh pages of the store, all mapped into the driver, so with Ray's default the
+    driver's RSS grows with the input up to 30% of RAM; capped, the store reuses its pages (and
+    spills to disk if ever full)."""
+    import psutil
+
+    want = max(MIN_STORE_BYTES, int(STORE_WINDOWS * WINDOW_BLOCKS_PER_WORKER * workers * block_bytes))
+    return want if want < 0.3 * psutil.virtual_memory().total else None
+
+
+def _start_ray(ray_cfg: RayDataConfig, workers: int, store_bytes: int | None) -> bool:
+    """Connect to ``data.ray.address`` or start a local Ray for this prep (object store of
+    ``store_bytes``); True if we started it."""
     import ray
 
     if ray.is_initialized():
@@ -99,7 +119,7 @@ def _start_ray(ray_cfg: RayDataConfig, workers: int) -> bool:
         # a local Ray started for prep: its workers are the job, not background tasks, so run
         # them at normal priority (Ray's default niceness 15 starves them on a busy machine)
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=workers, **kwargs)
+        ray.init(num_cpus=workers, object_store_memory=store_bytes, **kwargs)
     return True
 
 
@@ -121,13 +141,14 @@ def _windows(blocks: Iterator[pa.Table], workers: int, size: int) -> Iterator[li
 
 
 def _map_with_ray(blocks: Iterator[pa.Table], workers: int, ray_cfg: RayDataConfig, proc_settings: dict,
-                  progress: bool, timings: dict, kept: Callable[[pa.Table], None]) -> None:
+                  progress: bool, timings: dict, kept: Callable[[pa.Table], None], block_bytes: float) -> None:
+    """``block_bytes``: the mean size of a raw block (of those read ahead), to size the object store."""
     import ray
 
     from .process import process_batch
 
     t0 = time.time()
-    started = _start_ray(ray_cfg, workers)
+    started = _start_ray(ray_cfg, workers, object_store_bytes(workers, block_bytes))
     try:
         import ray.data
 

@@ -18,13 +18,15 @@ training call it, before any process group exists), as named steps:
 7. write (:mod:`.write`): ``rejects.jsonl``, ``repairs.jsonl``, ``data_report.json``, shards,
    ``val/`` and, last, ``manifest.json`` into a temp folder that is swapped into place.
 
-Memory: steps 1-2 in-process hold the reader's buffer (~1 MiB plus the record being read) and one
-block (``data.ray.block_rows`` rows) at a time, whatever the input size. Each processed block's raw
-text and tokens go to disk as it is done (:mod:`.spill`); steps 3-6 keep per row only its metadata
-(id, verdict, lengths, dedup key and MinHash signature: a few hundred bytes), and step 7 builds the
-shards one at a time, so prep's peak memory no longer follows the tokens (bench/bench_prep_memory.py).
-With Ray (above ``data.ray.min_rows`` rows) the driver still holds the raw input blocks it hands to
-Ray Data.
+Memory (bench/bench_prep_memory.py): steps 1-2 hold the reader's buffer (~1 MiB plus the record
+being read) and one block (``data.ray.block_rows`` rows) in-process, or a window of
+``8 x workers`` blocks with Ray, whatever the input size. Every processed block goes to disk as it
+is done (:mod:`.spill`: tokens, raw text and signatures in one file, the per-row metadata in
+another). Steps 3-6 read back the columns they decide on and keep per row only numpy arrays of a
+few dozen bytes (source, input-order rank, verdict, the row a duplicate repeats; 12 bytes per
+output sample), and step 7 builds the shards one at a time from a bucket file per shard: peak memory
+is a fixed part (libraries, tokenizer, one shard's tokens: ``data.shard_rows`` x
+``data.max_seq_len`` x 8 bytes) plus those few dozen bytes per row, not the size of the text.
 
 The fingerprint (:mod:`.fingerprint`) makes a rerun with nothing changed a cache hit.
 """

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from ray.tune.schedulers import ASHAScheduler
 
 from ..errors import UserError
+from ..quiet import silence_known_noise
 
 
 def _search_alg(sw: DictConfig, space: dict[str, dict], points: list[dict]):
@@ -119,6 +120,7 @@ def _resources(sw: DictConfig, cfg: DictConfig) -> dict[str, float]:
 def _ray_init(sw: DictConfig, need: dict[str, float]) -> None:
     import ray
 
+    silence_known_noise()
     addr = sw.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": bool(sw.ray.log_to_driver),
                               "logging_level": "warning"}
