@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from .packing import best_fit_decreasing_flat
 from .spill import Rows
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
 from .sources import FILTER_REASONS, VALIDATION_REASONS
 from .spill import Rows
 
@@ -53,13 +54,9 @@ def write_repairs(path: Path, rows: Rows, kept_rows: np.ndarray, files_of: dict)
 HIST_EDGES = [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 
 
-def _column(rows: Rows, name: str) -> np.ndarray:
-    return rows.numpy(name)
-
-
 def _source_reports(rows, v, split, specs, meta: dict) -> dict:
     """Per source: read / kept / rejected by reason, the mixture and the tokens it contributes."""
-    n_tok, n_sup, trunc = _column(rows, "n_tokens"), _column(rows, "n_sup"), _column(rows, "truncated")
+    n_tok, n_sup, trunc = rows.numpy("n_tokens"), rows.numpy("n_sup"), rows.numpy("truncated")
     counts = v.counts()  # [source, reason]
     kept_src, train_src = v.source[split.kept_rows], v.source[split.train_idx]
     out = {}
@@ -96,7 +93,7 @@ def _length_stats(lengths: np.ndarray) -> dict:
 
 def _cleaning(rows, kept: np.ndarray, clean, removed: dict, all_reasons: Counter) -> dict:
     def kept_sum(col: str) -> int:
-        return int(_column(rows, col)[kept].sum()) if len(kept) else 0
+        return int(rows.numpy(col)[kept].sum()) if len(kept) else 0
 
     return {
         "whitespace_changed": kept_sum("ws_changed"),
@@ -128,7 +125,7 @@ def build_report(rows: Rows, v, split, packed, removed: dict, specs, meta: dict,
     kept = split.kept_rows
     lengths = packed.lengths
     tokens, sup = int(lengths.sum()), int(packed.supervised.sum())
-    zh, chars = _column(rows, "zh_chars"), _column(rows, "chars")
+    zh, chars = rows.numpy("zh_chars"), rows.numpy("chars")
     hist = np.histogram(np.clip(lengths, 0, HIST_EDGES[-1] - 1), bins=HIST_EDGES)[0] if len(lengths) else np.zeros(len(HIST_EDGES) - 1)
     return {
         "read": int(sum(meta["read"].values())),
