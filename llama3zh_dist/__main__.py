@@ -15,6 +15,7 @@ from .config import load_config
 from .errors import exits_cleanly_on_user_error
 from .launch import ensure_prepared_data, in_worker_mode, launch_local_ranks, node_rank
 from .preflight import check, check_data
+from .process_exit import exit_process
 
 
 @exits_cleanly_on_user_error
@@ -38,4 +39,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from .config import load_config, resolve_path
 from .errors import UserError, exits_cleanly_on_user_error
 from .llama3.tokens import STOP_TOKENS
+from .process_exit import exit_process
 
 
 def resolve_model_folder(cfg: DictConfig, argv: list[str] = ()) -> Path:
@@ -161,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -11,6 +11,7 @@ import json
 import sys
 
 from .errors import exits_cleanly_on_user_error
+from .process_exit import exit_process
 
 
 @exits_cleanly_on_user_error
@@ -27,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from ..config import load_config, resolve_path
 from ..errors import UserError, exits_cleanly_on_user_error
+from ..process_exit import exit_process
 from .core import evaluate_model_folder
 
 
@@ -65,4 +66,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

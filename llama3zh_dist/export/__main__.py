@@ -12,6 +12,7 @@ import pathlib
 import sys
 
 from llama3zh_dist.errors import UserError, exits_cleanly_on_user_error
+from llama3zh_dist.process_exit import exit_process
 
 
 def _override_keys(argv: list[str]) -> list[str]:
@@ -68,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

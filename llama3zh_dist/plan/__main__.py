@@ -10,6 +10,7 @@ import sys
 
 from ..config import load_config
 from ..errors import exits_cleanly_on_user_error
+from ..process_exit import exit_process
 from . import make_plan
 from .report import table, to_json
 
@@ -28,4 +29,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -1,7 +1,6 @@
 """``python -m llama3zh_dist.sweep +sweep=<name> [overrides]`` (see ``driver``)."""
-import sys
-
+from ..process_exit import exit_process
 from .driver import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -91,8 +91,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# A requeued job waits cred_expire+1 s before it may start again (default 120 s).
-AuthInfo=cred_expire=20
+# A requeued job waits cred_expire+1 s before it may start again (default 120 s); the requeue tests
+# wait it out several times. 10 s still covers a step launch on these two local nodes many times over.
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE_DIR/ctld
 SlurmdSpoolDir=$STATE_DIR/spool/%n
 SlurmctldPidFile=$STATE_DIR/slurmctld.pid
@@ -111,6 +112,9 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# A requeued job becomes eligible again after cred_expire+1 s but starts only at the next periodic
+# pass of the main scheduler (nothing else changed to trigger one): every 2 s here, not every 60 s.
+SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu

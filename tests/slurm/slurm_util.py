@@ -76,7 +76,7 @@ def wait_job(job_id: str, log: Path | None = None, *, until=None) -> dict[str, s
             return info
         if info.get("JobState") in TERMINAL:
             return info
-        time.sleep(2)
+        time.sleep(0.5)
     subprocess.run(["scancel", job_id])
     tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else "<no log>"
     pytest.fail(f"job {job_id} still not done after {POLL_BOUND_S} s (state {info.get('JobState')}); cancelled.\n{tail}")
