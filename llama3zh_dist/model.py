@@ -44,8 +44,11 @@ def build_model(cfg: DictConfig, ds_config: dict):
     import transformers.masking_utils  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
+    from .attention import resolve
+
     dtype = DTYPES[cfg.model.dtype]
-    attn = cfg.model.attn_implementation
+    attn, why = resolve(str(cfg.model.attn_implementation), str(cfg.cluster.device))
+    log.info("attention: %s (%s)", attn, why)
     # transformers' ZeRO-3 integration (alive while HfDeepSpeedConfig is referenced) creates every
     # parameter under deepspeed.zero.Init, for fresh weights (from_config) as for a checkpoint.
     hf_ds = HfDeepSpeedConfig(ds_config)
@@ -131,16 +134,20 @@ def packed_attention_mask(model, position_ids: torch.Tensor) -> torch.Tensor | N
 
 
 def varlen_attention_kwargs(model, batch: MicroBatch, device: torch.device) -> dict:
-    """The sample boundaries of the packed row, for FlashAttention's varlen kernel.
+    """The sample boundaries of the packed row, for a varlen kernel (flash-attn's or torch's).
 
-    transformers (>= 4.53) passes ``cu_seq_lens_q/k`` and ``max_length_q/k`` down to
-    ``_flash_attention_forward``, which then skips deriving them from ``position_ids`` in every
-    layer. Other attention implementations take the block mask instead (``packed_attention_mask``).
+    transformers (>= 4.53) passes ``cu_seq_lens_q/k`` and ``max_length_q/k`` down to the attention
+    function (``_flash_attention_forward``, or ``attention.torch_varlen_attention``), which then
+    skips deriving them from ``position_ids`` in every layer. Other attention implementations take
+    the block mask instead (``packed_attention_mask``).
     """
     from transformers.utils.generic import is_flash_attention_requested
 
+    from .attention import TORCH_VARLEN
+
     hf = getattr(model, "module", model)
-    if not is_flash_attention_requested(config=hf.config) or batch.cu_seq_lens is None:
+    varlen = hf.config._attn_implementation == TORCH_VARLEN or is_flash_attention_requested(config=hf.config)
+    if not varlen or batch.cu_seq_lens is None:
         return {}
     cu = batch.cu_seq_lens.to(device, non_blocking=True)
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": batch.max_length, "max_length_k": batch.max_length}

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from .config import load_config
 from .errors import UserError, exits_cleanly_on_user_error
+from .schema.model import ATTENTION
 
 
 def world_size_of(cfg: DictConfig) -> int:
@@ -112,10 +113,11 @@ def problems(cfg: DictConfig, *, world_size: int | None = None) -> list[str]:
     if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         out.append(
             "model.attn_implementation=flash_attention_2 but the flash-attn package is not installed: "
-            "pip install 'llama3zh_dist[gpu]', or set model.attn_implementation=sdpa"
+            "pip install 'llama3zh_dist[gpu]', or set model.attn_implementation=auto (torch's varlen kernel) "
+            "or model.attn_implementation=sdpa"
         )
-    elif attn not in ("flash_attention_2", "sdpa", "eager"):
-        out.append(f"model.attn_implementation={attn}: use flash_attention_2, sdpa or eager")
+    elif attn not in ATTENTION:
+        out.append(f"model.attn_implementation={attn}: use {', '.join(ATTENTION)}")
     if cfg.model.dtype not in ("bfloat16", "float16", "float32"):
         out.append(f"model.dtype={cfg.model.dtype}: use bfloat16, float16 or float32")
     if cfg.export.dtype not in ("bfloat16", "float16", "float32"):

@@ -325,7 +325,7 @@ class SFTRecipe:
             ids[k, : len(i)] = i
             logits[k, : len(i)] = lg
         # The compute dtype tells the exporter how much rounding to expect (see export/logits_check.py).
-        meta = {"compute_dtype": str(self.cfg.model.dtype), "attn_implementation": str(self.cfg.model.attn_implementation)}
+        meta = {"compute_dtype": str(self.cfg.model.dtype), "attn_implementation": str(self.engine.module.config._attn_implementation)}
         return lambda path: save_file({"input_ids": ids, "logits": logits.contiguous(), "lengths": lengths}, str(path),
                                       metadata=meta)
 

@@ -11,6 +11,7 @@ import copy
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..attention import planned_attention
 from ..deepspeed_config import build_deepspeed_config
 from ..loss import CHUNK_TOKENS
 from ..errors import UserError
@@ -45,7 +46,8 @@ def memory(cfg: DictConfig, shape, ds: dict, gpu: GPU | None, world: int) -> dic
     states = model_states(shape, z, world)
     bufs = zero_buffers(shape, z)
     tokens = int(cfg.trainer.micro_batch_size) * int(cfg.data.max_seq_len)
-    act = activations(shape, tokens, p, cfg.model.attn_implementation, bool(cfg.model.gradient_checkpointing))
+    attn = planned_attention(str(cfg.model.attn_implementation), str(cfg.cluster.device))
+    act = activations(shape, tokens, p, attn, bool(cfg.model.gradient_checkpointing))
     loss = loss_buffer(shape, int(tokens * float(cfg.plan.peak_supervised_share)), p, chunk=CHUNK_TOKENS)
     model_states_bytes = states["parameters"] + states["gradients_and_optimizer"] + states["largest_layer_gathered"]
     buffers = sum(bufs.values())

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from .base import one_of, require
 
-ATTENTION = ("flash_attention_2", "sdpa", "eager")
+ATTENTION = ("auto", "flash_attention_2", "torch_varlen", "sdpa", "eager")
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -21,8 +21,10 @@ class ModelConfig:
     """For init=random: LlamaConfig fields (hidden_size, num_hidden_layers, ...)."""
     dtype: str = "bfloat16"
     """Training compute dtype: bfloat16 on GPU, float32 on CPU."""
-    attn_implementation: str = "flash_attention_2"
-    """flash_attention_2 (GPU, packed rows via varlen), sdpa or eager."""
+    attn_implementation: str = "auto"
+    """auto: on CUDA flash_attention_2 if flash-attn imports, else torch_varlen (torch's built-in
+    varlen kernel, same packed-row boundaries), else sdpa; on CPU sdpa (llama3zh_dist/attention.py).
+    Or one of them by name; sdpa and eager keep packed samples apart with a [T, T] block mask."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: ~1/3 more compute, far less memory."""
     init_special_token_rows: bool = True
