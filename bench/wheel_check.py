@@ -62,6 +62,12 @@ IMPLIED_FLOORS = {
     # scipy wheels older than 1.13 are built against numpy 1.x and do not import with the image's numpy 2.5
     "scipy": ("1.13.0", "numpy 2.5.2's ABI"),
 }
+# Requirements of the image's own packages (their METADATA) on packages we carry: a carried wheel
+# shadows the image's copy for everything, so it must still satisfy them (else carry that package too).
+IMAGE_REQUIRES = {
+    "tokenizers": ["huggingface-hub<2.0,>=0.16.4"],
+    "accelerate": ["huggingface_hub>=0.21.0", "safetensors>=0.4.3", "numpy>=1.17", "packaging>=20.0"],
+}
 # The image's interpreter and machine, for environment markers and wheel tags.
 IMAGE_ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "implementation_name": "cpython",
              "platform_python_implementation": "CPython", "platform_machine": "x86_64", "platform_system": "Linux",
@@ -86,9 +92,9 @@ def wheel_metadata(path: Path) -> tuple[str, Version, list[Requirement]]:
     return canonicalize_name(msg["Name"]), Version(msg["Version"]), [Requirement(r) for r in msg.get_all("Requires-Dist") or []]
 
 
-def problems(wheel_dir: Path, python: str = "3.12", roots: tuple[str, ...] = ROOTS) -> list[str]:
-    """What keeps the wheels in ``wheel_dir`` plus the image from importing the check; [] if nothing."""
-    wheels = sorted(Path(wheel_dir).glob("*.whl"))
+def problems(wheels: Path | list[Path], python: str = "3.12", roots: tuple[str, ...] = ROOTS) -> list[str]:
+    """What keeps ``wheels`` (a folder of them, or a list) plus the image from importing the check; [] if nothing."""
+    wheels = sorted(Path(wheels).glob("*.whl")) if isinstance(wheels, (str, Path)) else list(wheels)
     env = dict(IMAGE_ENV, python_version=python, python_full_version=f"{python}.0" if python != "3.12" else "3.12.3")
     tags = image_tags(python)
     carried: dict[str, tuple[Version, list[Requirement]]] = {}
@@ -122,6 +128,14 @@ def problems(wheel_dir: Path, python: str = "3.12", roots: tuple[str, ...] = ROO
                     out.append(f"{name} {version} needs {req}: the image has {dep}, version not stated (carry it)")
             else:
                 out.append(f"{name} {version} needs {req}: neither carried nor on the image")
+    for name, reqs in IMAGE_REQUIRES.items():
+        if name in carried:
+            continue  # the carried copy replaces the image's
+        for req in map(Requirement, reqs):
+            dep = canonicalize_name(req.name)
+            if dep in carried and not req.specifier.contains(carried[dep][0], prereleases=True):
+                out.append(f"the image's {name} {IMAGE_VERSIONS[name]} needs {req}: the carried {dep} "
+                           f"{carried[dep][0]} breaks it (carry {name} too)")
     return out
 
 
