@@ -33,7 +33,10 @@ GPUS: tuple[GPU, ...] = (
     GPU("H100-SXM", 81559 * MIB, 989e12, 450 * GB, 50 * GB, ("H100 80GB HBM3",)),
     GPU("H100-PCIe", 81559 * MIB, 756e12, 64 * GB, 25 * GB, ("H100 PCIe",)),
     GPU("H100-NVL", 95830 * MIB, 835e12, 300 * GB, 25 * GB, ("H100 NVL",)),
-    GPU("H200", 143771 * MIB, 989e12, 450 * GB, 50 * GB, ("H200", "H200 NVL")),
+    GPU("H200", 143771 * MIB, 989e12, 450 * GB, 50 * GB, ("H200",)),
+    # the PCIe card: 835 dense TFLOP/s like the H100 NVL (not the SXM part's 989), a 2- or 4-way
+    # NVLink bridge (900 GB/s both directions), the node's NICs shared as on the other PCIe cards
+    GPU("H200-NVL", 143771 * MIB, 835e12, 450 * GB, 25 * GB, ("H200 NVL",)),
     GPU("H800", 81559 * MIB, 989e12, 200 * GB, 50 * GB, ("H800", "H800 80GB HBM3")),
     GPU("A100-80GB", 81920 * MIB, 312e12, 300 * GB, 25 * GB, ("A100-SXM4-80GB", "A100 80GB PCIe")),
     GPU("A100-40GB", 40960 * MIB, 312e12, 300 * GB, 25 * GB, ("A100-SXM4-40GB", "A100-PCIE-40GB")),

@@ -59,6 +59,7 @@ def test_micro_batch_flops_reads_sample_lengths_from_position_restarts():
     ("NVIDIA H100 PCIe", "H100-PCIe", 756e12),
     ("NVIDIA H100 NVL", "H100-NVL", 835e12),
     ("NVIDIA H200", "H200", 989e12),
+    ("NVIDIA H200 NVL", "H200-NVL", 835e12),
     ("NVIDIA H800", "H800", 989e12),
     ("NVIDIA A100-SXM4-80GB", "A100-80GB", 312e12),
     ("NVIDIA A100-SXM4-40GB", "A100-40GB", 312e12),
