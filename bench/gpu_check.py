@@ -171,14 +171,14 @@ def run_slice(layers: int, attn: str, steps: int = 6, row_tokens: int = 8192) ->
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llama3zh_dist.gpus import peak_bf16_flops
-    from llama3zh_dist.model import supervised_loss_sum
+    from llama3zh_dist.model import enable_activation_checkpointing, supervised_loss_sum
 
     device = torch.device("cuda")
     cfg = dict(LLAMA3_8B, num_hidden_layers=layers)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM._from_config(LlamaConfig(**cfg), attn_implementation=attn, dtype=torch.bfloat16)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model)
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     lengths = [600, 1400, 300, 2200, 900, 1700, 1092]  # one 8192-token row of chat-sized samples

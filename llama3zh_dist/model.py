@@ -69,9 +69,21 @@ def build_model(cfg: DictConfig, ds_config: dict):
         )
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model._llama3zh_hf_ds = hf_ds
     return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant torch checkpointing).
+
+    transformers >= 5.2x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
+    and warns (FutureWarning, on every rank) on the old name; older releases only have the old one.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def init_untrained_token_rows(model, *, rank: int, rel_threshold: float = 1e-3) -> list[int]:
