@@ -213,7 +213,9 @@ def run_quickstart(workdir: Path, budget_s: float) -> dict:
         code, text = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
         code, text = None, f"timed out after {budget_s:.0f} s\n{e.stdout or ''}{e.stderr or ''}"
-    out = {"exit": code, "seconds": time.time() - t0, "future_warnings": text.count("FutureWarning")}
+    out = {"exit": code, "seconds": time.time() - t0, "future_warnings": text.count("FutureWarning"),
+           "attention": next((ln.split("attention: ", 1)[1] for ln in text.splitlines() if "parameters, ZeRO-3" in ln
+                              and "attention: " in ln), None)}
     if code != 0:
         out["tail"] = text[-3000:]
     metrics_file = run_dir / "metrics.jsonl"
@@ -272,7 +274,7 @@ def summary_line(section: str, result: dict) -> str:
         return (f"{result.get('device')} | torch {result.get('torch')} CUDA {result.get('cuda')} | attention "
                 f"{result.get('attention')} ({result.get('attention_reason')})")
     if section == "quickstart":
-        return (f"exit {result.get('exit')}, loss {result.get('first_loss')} -> {result.get('last_loss')} in "
+        return (f"exit {result.get('exit')}, attention {result.get('attention')}, loss {result.get('first_loss')} -> {result.get('last_loss')} in "
                 f"{result.get('steps')} steps, {result.get('seconds', 0):.0f} s, export logits {result.get('export_verification')}")
     if section == "packed":
         return (f"{result.get('attention')} vs {result.get('reference')} alone: max |d| {result.get('max_abs_diff', 0):.4f}, "

@@ -48,7 +48,6 @@ def build_model(cfg: DictConfig, ds_config: dict):
 
     dtype = DTYPES[cfg.model.dtype]
     attn, why = resolve(str(cfg.model.attn_implementation), str(cfg.cluster.device))
-    log.info("attention: %s (%s)", attn, why)
     # transformers' ZeRO-3 integration (alive while HfDeepSpeedConfig is referenced) creates every
     # parameter under deepspeed.zero.Init, for fresh weights (from_config) as for a checkpoint.
     hf_ds = HfDeepSpeedConfig(ds_config)
@@ -71,6 +70,7 @@ def build_model(cfg: DictConfig, ds_config: dict):
     if cfg.model.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model._llama3zh_hf_ds = hf_ds
+    model._llama3zh_attention = f"{attn} ({why})"  # printed by the trainer with the model's size
     return model
 
 

@@ -107,7 +107,7 @@ class SFTRecipe:
         start_lr_schedule(self.engine.lr_scheduler)
         local = sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))
         self._say(f"model: {self.n_params / 1e6:.1f}M parameters, ZeRO-3 over {self.world_size} ranks "
-                  f"(this rank holds {local / 1e6:.2f}M)")
+                  f"(this rank holds {local / 1e6:.2f}M); attention: {model._llama3zh_attention}")
 
         t = cfg.trainer
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]

@@ -31,6 +31,7 @@ def test_quickstart_trains_on_two_ranks_each_holding_half_the_parameters(quickst
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))
     total, local = re.search(r"model: ([\d.]+)M parameters.*this rank holds ([\d.]+)M", log).groups()
     assert abs(float(local) / float(total) - 0.5) < 0.02, log
+    assert "; attention: sdpa (model.attn_implementation=sdpa)" in log  # which attention ran, said once
     assert (run_dir / "FINISHED").exists()
     assert records[-1]["loss"] < 0.2 * records[0]["loss"]
 
