@@ -139,12 +139,17 @@ def activations(shape: ModelShape, tokens: int, p: int, attn: str, checkpointed:
     hidden_grads = 2 * p * h * T  # gradient flowing into and out of the layer being differentiated
     # A checkpointed layer keeps only its input; the others keep everything autograd saves.
     at_loss = k * p * h * T + (L - k) * layer + final_norm + mask
-    if k:
-        # One layer at a time is recomputed (and freed as its backward proceeds): the peak is what
-        # the layers keep plus one whole layer (an upper bound when only some are checkpointed).
-        return {"peak": at_loss + layer + hidden_grads, "at_loss": at_loss}
-    # The first layer differentiated also holds the gradients of its widest tensors.
-    return {"peak": at_loss + hidden_grads + 2 * p * shape.intermediate_size * T, "at_loss": at_loss}
+    # The first layer differentiated, if it kept its activations, also holds the gradients of its
+    # widest tensors; a checkpointed layer is recomputed whole (one at a time, freed as its backward
+    # proceeds) once the layers above it have been differentiated and freed. Checkpointed layers are
+    # 0, n, 2n, ...: the highest one has L - 1 - n * floor((L - 1) / n) plain layers above it.
+    widest = 2 * p * shape.intermediate_size * T
+    if k == 0:
+        return {"peak": at_loss + hidden_grads + widest, "at_loss": at_loss}
+    n = math.ceil(L / k)
+    above = L - 1 - n * ((L - 1) // n)
+    recompute_peak = at_loss - above * layer + layer + hidden_grads
+    return {"peak": max(recompute_peak, at_loss + hidden_grads + widest if above else 0), "at_loss": at_loss}
 
 
 def loss_buffer(shape: ModelShape, supervised: int, p: int, chunk: int | None = None) -> int:
