@@ -84,25 +84,41 @@ def reduce_dtype_choice(cfg: DictConfig, world: int, gpus_per_node: int) -> Choi
 
 # -- gradient-checkpointing granularity ------------------------------------------------------------
 def checkpointing_choice(cfg: DictConfig, shape: ModelShape, ds: dict, world: int) -> Choice:
-    """The fastest granularity that fits: fewer recomputed layers is always faster, so the first of
-    none, every_second_layer that fits with the margin, else every_layer."""
+    """The fastest granularity whose predicted peak fits the GPU less ``plan.memory_margin``.
+
+    Recomputing fewer layers saves compute, but a step bound by ZeRO-3 traffic gains nothing from
+    it: among the granularities that fit, the one with the least predicted step time, and of those
+    within 1% of it the one that recomputes most (most memory left). Without a known GPU peak the
+    fastest is the one that recomputes least."""
     given = cfg.model.get("gradient_checkpointing", "auto")
     if str(given) != "auto":
         return Choice(checkpointing_name(given), "model.gradient_checkpointing given", False)
+    from ..data.settings import resolve_out_dir
     from . import memory, plan_gpu, with_overrides  # plan/__init__ imports this module
+    from .timing import data_stats, step_time
 
     gpu = plan_gpu(cfg)
     if gpu is None:
         return Choice("none", "no GPU memory to plan against (CPU run): no recomputation", True)
     margin = float(cfg.plan.get("memory_margin", 0.1))
     limit = gpu.memory_bytes * (1 - margin)
-    tried = []
-    for name in reversed(CHECKPOINTING):
-        total = memory(with_overrides(cfg, {"model.gradient_checkpointing": name}), shape, ds, gpu, world)["per_gpu_bytes"]["total"]
-        tried.append(f"{name} {total / 2**30:.1f} GiB")
-        if total <= limit or name == CHECKPOINTING[0]:
-            fits = total <= limit
-            return Choice(name, f"{'fastest that fits' if fits else 'least memory, and still over'} "
-                                f"{limit / 2**30:.1f} GiB ({gpu.name} less plan.memory_margin={margin:g}): "
-                                + ", ".join(tried), True)
-    raise AssertionError("unreachable")
+    stats = data_stats(cfg, resolve_out_dir(cfg))
+    fitting, tried = [], []
+    for name in CHECKPOINTING:
+        c = with_overrides(cfg, {"model.gradient_checkpointing": name})
+        total = memory(c, shape, ds, gpu, world)["per_gpu_bytes"]["total"]
+        seconds = step_time(c, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=None,
+                            checkpointed=checkpointed_layers(name, shape.num_hidden_layers))["step_seconds"]
+        tried.append(f"{name} {total / 2**30:.1f} GiB" + (f" {seconds:.2f} s" if seconds else ""))
+        if total <= limit:
+            fitting.append((name, seconds))
+    where = f"limit {limit / 2**30:.1f} GiB ({gpu.name} less plan.memory_margin={margin:g}): " + ", ".join(tried)
+    if not fitting:
+        return Choice(CHECKPOINTING[0], f"none fits, this needs least; {where}", True)
+    if any(sec is None for _, sec in fitting):  # no GPU peak: recomputing less is faster
+        return Choice(fitting[-1][0], f"recomputes least of those that fit; {where}", True)
+    best = min(sec for _, sec in fitting)
+    name = next(n for n, sec in fitting if sec <= best * 1.01)
+    why = ("fastest that fits" if name == fitting[-1][0] else
+           "as fast as recomputing less (the step waits for ZeRO-3 traffic) and leaves more memory free")
+    return Choice(name, f"{why}; {where}", True)

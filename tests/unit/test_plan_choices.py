@@ -47,6 +47,17 @@ def test_70b_on_8_nodes_reduces_in_bf16_and_still_checkpoints_every_layer(plans)
     assert plan["step_seconds"] < 0.75 * old["step_seconds"]
 
 
+def test_8b_on_two_nodes_keeps_every_layer_because_the_step_waits_for_the_network():
+    """Recomputing less only helps a compute-bound step: on 2 nodes the ZeRO-3 traffic sets the
+    time, so every granularity predicts the same step and the one with the most memory left wins."""
+    plan = make_plan(load_config([*B8, "cluster.nodes=2"]))
+    choices = plan["detail"]["choices"]
+    assert choices["reduce_dtype"]["value"] == "bf16"
+    assert choices["gradient_checkpointing"]["value"] == "every_layer"
+    assert "waits for ZeRO-3 traffic" in choices["gradient_checkpointing"]["reason"]
+    assert plan["step_seconds"] == pytest.approx(plan["detail"]["comm_seconds"])
+
+
 def test_the_plan_table_prints_each_choice_and_its_reason(plans):
     text = table(plans["8b"][0])
     assert "deepspeed.reduce_dtype=fp32  (auto: one node" in text
