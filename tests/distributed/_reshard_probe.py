@@ -20,18 +20,19 @@ from llama3zh_dist.train import SFTRecipe  # noqa: E402
 
 
 def optimizer_steps(engine) -> list[dict]:
-    """Per ZeRO sub-group of the torch optimizer: its ``step`` tensor (identity, value, device,
-    dtype) and the devices of its parameter and Adam moments."""
-    inner = engine.optimizer.optimizer
+    """Per ZeRO sub-group (its flat fp32 partition is the torch optimizer's state key): its ``step``
+    tensor (identity, value, device, dtype) and the devices of its parameter and Adam moments."""
+    zero = engine.optimizer
+    inner = zero.optimizer
     out = []
-    for group in inner.param_groups:
-        for p in group["params"]:
-            state = inner.state[p]
-            step = state["step"]
-            out.append({"step_id": id(step), "step": float(step), "step_device": str(step.device),
-                        "step_dtype": str(step.dtype), "param_device": str(p.device),
-                        "moment_devices": sorted({str(state[k].device) for k in ("exp_avg", "exp_avg_sq")}),
-                        "optimizer": type(inner).__name__, "fused": bool(group.get("fused"))})
+    for i, p in enumerate(zero.fp32_partitioned_groups_flat):
+        state = inner.state[p]
+        step = state["step"]
+        group = inner.param_groups[zero.sub_group_to_group_id[i]]
+        out.append({"step_id": id(step), "step": float(step), "step_device": str(step.device),
+                    "step_dtype": str(step.dtype), "param_device": str(p.device),
+                    "moment_devices": sorted({str(state[k].device) for k in ("exp_avg", "exp_avg_sq")}),
+                    "optimizer": type(inner).__name__, "fused": bool(group.get("fused"))})
     return out
 
 
