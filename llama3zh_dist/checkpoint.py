@@ -48,6 +48,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def own_step_per_group(zero_optimizer) -> int:
+    """Give every ZeRO sub-group its own ``step`` tensor, on its parameter's device, as torch creates
+    it; returns how many were replaced.
+
+    DeepSpeed 0.19.8's universal loader (``load_hp_checkpoint_state_from_checkpoint_dir_stage3``)
+    assigns one tensor, loaded on the CPU, as ``step`` of every sub-group. torch's fused AdamW
+    requires ``step`` as float32 on the parameter's device (a CPU step crashes the first CUDA update
+    after the resume), and since it increments each ``step`` in place, a shared tensor advances
+    once per sub-group per update, which skews Adam's bias correction. The count itself (optimizer
+    updates applied so far) is right: each copy keeps it. (ZeRO-3 keeps the optimizer's
+    ``param_groups[...]["params"]`` empty between steps; the sub-groups' flat fp32 partitions are
+    the keys of its state.)
+    """
+    inner = zero_optimizer.optimizer
+    flats = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None) or [
+        p for g in inner.param_groups for p in g["params"]]
+    replaced = 0
+    for p in flats:
+        state = inner.state.get(p)
+        if state and torch.is_tensor(state.get("step")):
+            count = float(state["step"].item())
+            state["step"] = torch.tensor(count, dtype=torch.float32, device=p.device)
+            replaced += 1
+    return replaced
+
+
 class CheckpointManager:
     """Saves and finds checkpoints; every method is called by all ranks together."""
 
@@ -175,6 +201,7 @@ class CheckpointManager:
                 cfg.load_universal_checkpoint = False
             for g, h in zip(groups, hyper):
                 g.update(h)
+            own_step_per_group(engine.optimizer)
         rng_file = ckpt / f"rng_state_rank{self.rank}.pt"
         if rng_file.exists() and saved_ws == self.world_size:
             set_rng_state(torch.load(rng_file, weights_only=False))

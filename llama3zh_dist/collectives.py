@@ -36,12 +36,33 @@ def cuda_device_index(local_rank: int, visible_devices: int) -> int:
     return local_rank
 
 
+NODE_LOCAL_RANK = "LLAMA3ZH_NODE_LOCAL_RANK"  # the launcher's LOCAL_RANK, where LOCAL_RANK had to change
+
+
+def pin_local_rank_to_device(local_rank: int, visible_devices: int, environ=os.environ) -> int:
+    """Make ``LOCAL_RANK`` the index of the CUDA device this rank drives; returns that index.
+
+    DeepSpeed takes the device from ``LOCAL_RANK`` itself (``zero.Init``: ``cuda:$LOCAL_RANK``; the
+    engine: ``set_device(LOCAL_RANK)``). With one task per GPU a rank of local rank 3 sees one GPU,
+    index 0, and DeepSpeed would fail with "invalid device ordinal". So before DeepSpeed starts,
+    ``LOCAL_RANK`` becomes the visible index; the node-local rank stays in ``LLAMA3ZH_NODE_LOCAL_RANK``
+    for logs. Calling it again is harmless.
+    """
+    local_rank = int(environ.get(NODE_LOCAL_RANK, local_rank))
+    index = cuda_device_index(local_rank, visible_devices)
+    if index != local_rank:
+        environ[NODE_LOCAL_RANK] = str(local_rank)
+    environ["LOCAL_RANK"] = str(index)
+    return index
+
+
 def training_device(kind: str, local_rank: int | None = None) -> torch.device:
-    """The device this rank trains on; on CUDA it also becomes the current device."""
+    """The device this rank trains on; on CUDA it also becomes the current device, and LOCAL_RANK
+    names it for DeepSpeed (``pin_local_rank_to_device``)."""
     if kind != "cuda":
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
-    index = cuda_device_index(local_rank, torch.cuda.device_count())
+    index = pin_local_rank_to_device(local_rank, torch.cuda.device_count())
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 

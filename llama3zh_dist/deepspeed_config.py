@@ -108,7 +108,7 @@ def build_optimizer(cfg: DictConfig, param_groups: list[dict]):
                              fused=cfg.cluster.device == "cuda")
 
 
-def _precision(cfg: DictConfig) -> dict[str, Any]:
+def _precision(cfg: DictConfig, world_size: int, gpus_per_node: int) -> dict[str, Any]:
     m = cfg.model
     out: dict[str, Any] = {"bf16": {"enabled": m.dtype == "bfloat16"}, "fp16": {"enabled": m.dtype == "float16"}}
     if m.dtype == "bfloat16":
@@ -116,12 +116,11 @@ def _precision(cfg: DictConfig) -> dict[str, Any]:
         # so adding 4-8 micro-batch gradients (and tiny late-training updates) in bf16 rounds
         # away a large part of each. (DeepSpeed's default is the model dtype.)
         out["data_types"] = {"grad_accum_dtype": "fp32"}
-        # The reduce-scatter dtype is a separate choice: fp32 (default) because a bf16 ring sum
-        # over 8-64 ranks rounds at every hop and its result lands in the fp32 accumulator anyway;
-        # it doubles the reduce-scatter bytes, which overlap_comm hides behind the backward of
-        # 8k-token micro-batches. deepspeed.reduce_dtype=bf16 halves that traffic where the
-        # network is the bottleneck.
-        out["communication_data_type"] = DS_DTYPE[str(cfg.deepspeed.get("reduce_dtype", "fp32"))]
+        # The reduce-scatter dtype is a separate choice, by topology unless given (plan/choices.py:
+        # bf16 across nodes, fp32 inside one; the precision trade-off is stated there).
+        from .plan.choices import reduce_dtype_choice  # plan imports this module
+
+        out["communication_data_type"] = DS_DTYPE[reduce_dtype_choice(cfg, world_size, gpus_per_node).value]
     return out
 
 
@@ -152,7 +151,7 @@ def build_deepspeed_config(cfg: DictConfig, world_size: int, model_config=None,
                 "warmup_type": "linear",
             },
         },
-        **_precision(cfg),
+        **_precision(cfg, world_size, gpus),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,

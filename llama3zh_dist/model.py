@@ -28,12 +28,13 @@ def hf_config_for_random_init(cfg: DictConfig):
     )
 
 
-def build_model(cfg: DictConfig, ds_config: dict):
+def build_model(cfg: DictConfig, ds_config: dict, checkpointing: str | None = None):
     """The model, partitioned over ranks as it is created (a 70B never materialises on one rank).
 
     With ``init=pretrained``, transformers' ZeRO-3 integration (kept alive by HfDeepSpeedConfig)
     makes ``from_pretrained`` create every parameter under ``deepspeed.zero.Init`` and scatter the
-    checkpoint shards straight into the partitions.
+    checkpoint shards straight into the partitions. ``checkpointing``: the gradient-checkpointing
+    granularity (default: ``model.gradient_checkpointing``, auto resolved by the planner).
     """
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
@@ -67,23 +68,54 @@ def build_model(cfg: DictConfig, ds_config: dict):
             trust_remote_code=bool(cfg.model.trust_remote_code),
         )
     model.config.use_cache = False
-    if cfg.model.gradient_checkpointing:
-        enable_activation_checkpointing(model)
+    if checkpointing is None:
+        checkpointing = resolved_checkpointing(cfg, ds_config, model.config)
+    enable_checkpointing(model, checkpointing)
     model._llama3zh_hf_ds = hf_ds
     model._llama3zh_attention = f"{attn} ({why})"  # printed by the trainer with the model's size
     return model
 
 
-def enable_activation_checkpointing(model) -> None:
-    """Recompute each decoder layer in the backward pass (non-reentrant torch checkpointing).
+def resolved_checkpointing(cfg: DictConfig, ds_config: dict, hf_config) -> str:
+    """``model.gradient_checkpointing``, with ``auto`` resolved as the plan resolves it."""
+    import os
 
-    transformers >= 5.2x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
-    and warns (FutureWarning, on every rank) on the old name; older releases only have the old one.
-    """
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    import torch.distributed as dist
+
+    from .flops import ModelShape
+    from .plan.choices import checkpointing_choice
+
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    return checkpointing_choice(cfg, ModelShape.from_config(hf_config), ds_config, world).value
+
+
+def enable_checkpointing(model, granularity) -> list[bool]:
+    """Gradient checkpointing of decoder layers 0, n, 2n, ... (every_layer: n = 1,
+    every_second_layer: n = 2, none: off); returns which layers recompute their forward.
+
+    transformers' ``activation_checkpointing_enable(every_n_layers=n)`` does exactly this; older
+    versions only know all layers (``gradient_checkpointing_enable``), so the others are turned
+    back off here."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from .plan.choices import checkpoint_interval
+
+    n = checkpoint_interval(granularity)
+    if n:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=n)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = bool(n) and i % n == 0
+    return [layer.gradient_checkpointing for layer in layers]
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute every decoder layer in the backward pass (non-reentrant torch checkpointing)."""
+    enable_checkpointing(model, "every_layer")
 
 
 def init_untrained_token_rows(model, *, rank: int, rel_threshold: float = 1e-3) -> list[int]:

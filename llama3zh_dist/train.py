@@ -75,7 +75,9 @@ class SFTRecipe:
         self.comm = Collectives(self.device)
         self._seed(int(cfg.trainer.seed) + self.rank)
         gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.cluster.nproc_per_node))
-        self.ds_config = build_deepspeed_config(cfg, self.world_size, model_config_of(cfg), gpus_per_node)
+        model_config = model_config_of(cfg)
+        self.ds_config = build_deepspeed_config(cfg, self.world_size, model_config, gpus_per_node)
+        self.checkpointing = self._say_throughput_choices(model_config, gpus_per_node)
         from .eval.in_training import TrainingEvaluator  # checks benchmark data and prompts now, not at step N
         self.evaluator = TrainingEvaluator(cfg, self.run_dir, rank=self.rank, world_size=self.world_size, device=self.device)
         if self.rank == 0:
@@ -88,7 +90,7 @@ class SFTRecipe:
         import transformers.models.llama.modeling_llama  # noqa: F401  (module imports are not the load)
 
         with HostMemoryPeak() as host:
-            model = build_model(cfg, self.ds_config)
+            model = build_model(cfg, self.ds_config, checkpointing=self.checkpointing)
         if cfg.model.init == "pretrained":
             size = checkpoint_bytes(cfg.model.path)
             self._say(f"loaded {cfg.model.path}" + (f" ({size / 1e9:.2f} GB checkpoint)" if size else "")
@@ -133,6 +135,21 @@ class SFTRecipe:
         self.metrics = MetricsLogger(cfg, self.run_dir, rank=self.rank, resume_step=self.step, total_steps=int(t.max_steps))
         self.peak_flops = peak_flops_per_device(cfg.cluster.device)
         self.last_ckpt_time = time.time()
+
+    def _say_throughput_choices(self, model_config, gpus_per_node: int) -> str:
+        """The planner's reduce dtype (already in ds_config) and checkpointing granularity, said once."""
+        from .flops import ModelShape
+        from .plan.choices import checkpointing_choice, reduce_dtype_choice
+
+        reduce = reduce_dtype_choice(self.cfg, self.world_size, gpus_per_node)
+        ckpt = checkpointing_choice(self.cfg, ModelShape.from_config(model_config), self.ds_config, self.world_size)
+        shown = [("model.gradient_checkpointing", ckpt)]
+        if self.cfg.model.dtype == "bfloat16":  # otherwise gradients are reduced in the model dtype
+            shown.insert(0, ("deepspeed.reduce_dtype", reduce))
+        for key, c in shown:
+            if c.picked:  # a value the user gave needs no explanation
+                self._say(f"{key}={c.value} (auto: {c.reason})")
+        return ckpt.value
 
     def _param_groups(self, model):
         """No weight decay on norms and biases (1-D tensors), as in every Llama recipe."""
@@ -244,8 +261,11 @@ class SFTRecipe:
         """Validation loss and perplexity, overall and per source (summed over all ranks)."""
         self.engine.eval()
         sums: dict[str, list[float]] = {}
-        for m in self.val.batches:
-            for src, (loss, n) in _per_source_losses(self.engine, m, self.device).items():
+        for i, m in enumerate(self.val.batches):
+            losses = _per_source_losses(self.engine, m, self.device)  # every rank runs as many forwards
+            if i >= self.val.counted:
+                continue  # padding: it kept this rank in the others' all-gathers; its loss is not counted
+            for src, (loss, n) in losses.items():
                 acc = sums.setdefault(src, [0.0, 0.0])
                 acc[0] += loss
                 acc[1] += n

@@ -133,16 +133,31 @@ class StepBatches:
 
 
 class ValidationBatches:
-    """The held-out split (``val/part-*.parquet``), sharded over ranks in a fixed order."""
+    """The held-out split (``val/part-*.parquet``), sharded over ranks in a fixed order.
+
+    Rank r takes rows r, r + W, ... . Under ZeRO-3 every forward is collective (each layer's
+    weights are all-gathered as it runs), so every rank must make the same number of forwards: a
+    rank with fewer micro-batches than rank 0 (whose share is the largest) repeats its first one, or
+    the first row when it holds none, as padding. ``batches[counted:]`` are that padding: run, never
+    counted in the loss.
+    """
 
     def __init__(self, data_dir: Path, *, rank: int, world_size: int, max_rows: int, micro_batch_size: int):
         folder = Path(data_dir) / "val"
         self.available = folder.is_dir() and any(folder.glob("part-*.parquet"))
         self.batches: list[MicroBatch] = []
+        self.counted = 0
         if not self.available:
             return
         table = read_rows(folder)
         n = min(table.num_rows, max_rows) if max_rows else table.num_rows
         rows = table.slice(0, n).to_pylist()
+        if not rows:
+            self.available = False
+            return
         mine = rows[rank::world_size]
         self.batches = [collate(mine[i : i + micro_batch_size]) for i in range(0, len(mine), micro_batch_size)]
+        self.counted = len(self.batches)
+        most = -(-len(rows[0::world_size]) // micro_batch_size)  # rank 0's share is the largest
+        filler = self.batches[0] if self.batches else collate(rows[:1])
+        self.batches += [filler] * (most - self.counted)

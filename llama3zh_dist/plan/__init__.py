@@ -16,6 +16,7 @@ from ..deepspeed_config import build_deepspeed_config
 from ..loss import CHUNK_TOKENS
 from ..errors import UserError
 from ..gpus import GPU, attached_gpu, by_name, known_names
+from .choices import checkpointed_layers, checkpointing_choice, reduce_dtype_choice
 from .memory import DTYPE_BYTES, GIB, ZeroSettings, activations, loss_buffer, model_states, zero_buffers
 from .shapes import model_shape
 from .timing import calibration, data_stats, step_time
@@ -47,7 +48,11 @@ def memory(cfg: DictConfig, shape, ds: dict, gpu: GPU | None, world: int) -> dic
     bufs = zero_buffers(shape, z)
     tokens = int(cfg.trainer.micro_batch_size) * int(cfg.data.max_seq_len)
     attn = planned_attention(str(cfg.model.attn_implementation), str(cfg.cluster.device))
-    act = activations(shape, tokens, p, attn, bool(cfg.model.gradient_checkpointing))
+    granularity = cfg.model.gradient_checkpointing
+    if str(granularity) == "auto":
+        granularity = checkpointing_choice(cfg, shape, ds, world).value
+    act = activations(shape, tokens, p, attn,
+                      checkpointed_layers(granularity, shape.num_hidden_layers))
     loss = loss_buffer(shape, int(tokens * float(cfg.plan.peak_supervised_share)), p, chunk=CHUNK_TOKENS)
     model_states_bytes = states["parameters"] + states["gradients_and_optimizer"] + states["largest_layer_gathered"]
     buffers = sum(bufs.values())
@@ -82,11 +87,15 @@ def make_plan(cfg: DictConfig) -> dict:
     shape, shape_source = model_shape(cfg)
     ds = build_deepspeed_config(cfg, world, shape)  # sized from the same shape (no weights needed)
     gpu = plan_gpu(cfg)
+    choices = {"reduce_dtype": reduce_dtype_choice(cfg, world, int(cfg.cluster.nproc_per_node)),
+               "gradient_checkpointing": checkpointing_choice(cfg, shape, ds, world)}
+    cfg = with_overrides(cfg, {"model.gradient_checkpointing": choices["gradient_checkpointing"].value})
     mem = memory(cfg, shape, ds, gpu, world)
     total = mem["per_gpu_bytes"]["total"]
     calibrated = calibration(str(cfg.plan.calibrate_from)) if cfg.plan.calibrate_from else None
     stats = data_stats(cfg, resolve_out_dir(cfg))
-    timing = step_time(cfg, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=calibrated)
+    timing = step_time(cfg, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=calibrated,
+                       checkpointed=checkpointed_layers(choices["gradient_checkpointing"].value, shape.num_hidden_layers))
     return {
         "gpu": {"name": gpu.name if gpu else None, "memory_bytes": gpu.memory_bytes if gpu else None},
         "world_size": world,
@@ -105,6 +114,7 @@ def make_plan(cfg: DictConfig) -> dict:
             "compute_seconds": timing.get("compute_seconds"), "comm_seconds": timing.get("comm_seconds"),
             "comm_bytes_per_gpu": timing.get("comm_bytes_per_gpu"), "time_basis": timing["basis"],
             "data": stats.source, "calibration": calibrated,
+            "choices": {k: {"value": c.value, "reason": c.reason, "picked": c.picked} for k, c in choices.items()},
         },
     }
 
@@ -112,19 +122,22 @@ def make_plan(cfg: DictConfig) -> dict:
 # Changes that lower the per-GPU peak, cheapest first (what each costs is said with it).
 REMEDIES = [
     ("model.attn_implementation=flash_attention_2", {"model.attn_implementation": "flash_attention_2"}, "no cost"),
-    ("model.gradient_checkpointing=true", {"model.gradient_checkpointing": True}, "~1/3 more compute"),
+    ("model.gradient_checkpointing=every_layer", {"model.gradient_checkpointing": "every_layer"}, "~1/3 more compute"),
     ("deepspeed.offload_optimizer=cpu", {"deepspeed.offload_optimizer": "cpu"}, "needs host RAM, slower steps"),
     ("deepspeed=zero3_offload", {"deepspeed.offload_optimizer": "cpu", "deepspeed.offload_param": "cpu"},
      "parameters too: needs host RAM, 2-3x slower steps"),
 ]
 
 
-def _with(cfg: DictConfig, changes: dict) -> DictConfig:
+def with_overrides(cfg: DictConfig, changes: dict) -> DictConfig:
     new = copy.deepcopy(cfg)
     with open_dict(new):
         for k, v in changes.items():
             OmegaConf.update(new, k, v, merge=False)
     return new
+
+
+_with = with_overrides
 
 
 def cheapest_changes(cfg: DictConfig, limit: int = 4) -> list[str]:

@@ -125,22 +125,31 @@ def layer_activations(shape: ModelShape, tokens: int, p: int, attn: str) -> int:
     return norms + attention + mlp
 
 
-def activations(shape: ModelShape, tokens: int, p: int, attn: str, checkpointing: bool) -> dict[str, int]:
+def activations(shape: ModelShape, tokens: int, p: int, attn: str, checkpointed: int | bool) -> dict[str, int]:
     """Activation bytes per GPU: ``peak`` over the backward of the layers, and ``at_loss``, what the
-    layers still hold while the loss is computed and differentiated (the two peaks never coincide)."""
+    layers still hold while the loss is computed and differentiated (the two peaks never coincide).
+
+    ``checkpointed``: how many decoder layers recompute their forward in the backward (True: all,
+    False: none; ``every_second_layer`` checkpoints half of them)."""
     h, L, T = shape.hidden_size, shape.num_hidden_layers, tokens
+    k = (L if checkpointed else 0) if isinstance(checkpointed, bool) else max(0, min(L, int(checkpointed)))
     layer = layer_activations(shape, T, p, attn)
     final_norm = (4 + 2 * p) * h * T
     mask = T * T if attn != "flash_attention_2" else 0  # the boolean packed-row mask, shared by the layers
     hidden_grads = 2 * p * h * T  # gradient flowing into and out of the layer being differentiated
-    if checkpointing:
-        # Each layer keeps only its input; one layer at a time is recomputed (and freed as its
-        # backward proceeds), so the peak is the kept inputs plus one whole layer.
-        at_loss = L * p * h * T + final_norm + mask
-        return {"peak": at_loss + layer + hidden_grads, "at_loss": at_loss}
-    at_loss = L * layer + final_norm + mask
-    # The first layer differentiated also holds the gradients of its widest tensors.
-    return {"peak": at_loss + hidden_grads + 2 * p * shape.intermediate_size * T, "at_loss": at_loss}
+    # A checkpointed layer keeps only its input; the others keep everything autograd saves.
+    at_loss = k * p * h * T + (L - k) * layer + final_norm + mask
+    # The first layer differentiated, if it kept its activations, also holds the gradients of its
+    # widest tensors; a checkpointed layer is recomputed whole (one at a time, freed as its backward
+    # proceeds) once the layers above it have been differentiated and freed. Checkpointed layers are
+    # 0, n, 2n, ...: the highest one has L - 1 - n * floor((L - 1) / n) plain layers above it.
+    widest = 2 * p * shape.intermediate_size * T
+    if k == 0:
+        return {"peak": at_loss + hidden_grads + widest, "at_loss": at_loss}
+    n = math.ceil(L / k)
+    above = L - 1 - n * ((L - 1) // n)
+    recompute_peak = at_loss - above * layer + layer + hidden_grads
+    return {"peak": max(recompute_peak, at_loss + hidden_grads + widest if above else 0), "at_loss": at_loss}
 
 
 def loss_buffer(shape: ModelShape, supervised: int, p: int, chunk: int | None = None) -> int:

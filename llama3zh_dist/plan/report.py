@@ -36,6 +36,12 @@ def breakdown_lines(plan: dict) -> list[str]:
     return lines
 
 
+def choice_lines(choices: dict) -> list[str]:
+    """The throughput settings (plan/choices.py): the value, and who chose it and why."""
+    names = {"reduce_dtype": "deepspeed.reduce_dtype", "gradient_checkpointing": "model.gradient_checkpointing"}
+    return [f"{names.get(k, k)}={c['value']}  ({'auto: ' if c['picked'] else ''}{c['reason']})" for k, c in choices.items()]
+
+
 def table(plan: dict) -> str:
     d, gpu = plan["detail"], plan["gpu"]
     fits = {True: "fits", False: "DOES NOT FIT", None: "no GPU memory to check against"}[plan["fits"]]
@@ -44,6 +50,7 @@ def table(plan: dict) -> str:
         f"cluster     {d['nodes']} node(s) x {d['gpus_per_node']} = {plan['world_size']} ranks, "
         f"{gpu['name'] or 'no GPU'}" + (f" ({gpu['memory_bytes'] / GIB:.1f} GiB)" if gpu["memory_bytes"] else ""),
         f"micro-batch {d['tokens_per_micro_batch']} tokens per GPU per pass",
+        *choice_lines(d.get("choices") or {}),
         "",
         "per GPU",
         *("  " + line for line in breakdown_lines(plan)),

@@ -93,11 +93,24 @@ def calibration(run_dir: str) -> dict:
             "step_seconds": statistics.median(r["tokens"] / r["tokens_per_s"] for r in records)}
 
 
-def step_time(cfg, shape: ModelShape, ds: dict, *, world: int, gpu, stats: DataStats, calibrated: dict | None) -> dict:
-    """Predicted seconds per optimizer step, tokens/s, hours to max_steps and GPU-hours."""
+def step_time(cfg, shape: ModelShape, ds: dict, *, world: int, gpu, stats: DataStats, calibrated: dict | None,
+              checkpointed: int | None = None) -> dict:
+    """Predicted seconds per optimizer step, tokens/s, hours to max_steps and GPU-hours.
+
+    ``checkpointed``: decoder layers that recompute their forward (default: all). ``plan.mfu`` is
+    the MFU with every layer checkpointed (how the usual 8B/70B figures are measured); the GPU
+    runs the recomputation at the same hardware rate, so recomputing fewer layers takes less time.
+    A calibrated MFU is used as measured."""
+    from .choices import recompute_flops
+
     rows = int(cfg.trainer.global_batch_size)
     tokens = rows * stats.tokens_per_row
     flops = step_flops(shape, tokens, rows * stats.supervised_per_row, rows * stats.sum_sq_lengths_per_row)
+    layers = shape.num_hidden_layers if checkpointed is None else checkpointed
+    sum_sq = rows * stats.sum_sq_lengths_per_row
+    # Hardware FLOPs relative to the every-layer run that plan.mfu describes.
+    slowdown = (flops + recompute_flops(shape, tokens, sum_sq, layers)) / (
+        flops + recompute_flops(shape, tokens, sum_sq, shape.num_hidden_layers))
     micro_steps = rows // (int(cfg.trainer.micro_batch_size) * world)
     peak = gpu.bf16_flops if gpu else None
     comm = {"bytes": 0.0, "seconds": 0.0}
@@ -110,7 +123,7 @@ def step_time(cfg, shape: ModelShape, ds: dict, *, world: int, gpu, stats: DataS
         if peak is None:
             return {"tokens_per_step": tokens, "flops_per_step": flops, "step_seconds": None, "basis":
                     "no GPU peak known: give cluster.gpu, or plan.calibrate_from=<run.dir> of a run on this hardware"}
-        compute = flops / (world * peak * mfu)
+        compute = flops / (world * peak * mfu) * (1.0 if calibrated else slowdown)
         if not calibrated:
             comm = comm_seconds(shape, ds, world=world, per_node=int(cfg.cluster.nproc_per_node), micro_steps=micro_steps,
                                 gpu=gpu, efficiency=float(cfg.plan.comm_efficiency), param_bytes=2 if cfg.model.dtype != "float32" else 4,

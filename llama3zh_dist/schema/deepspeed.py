@@ -31,8 +31,9 @@ class DeepSpeedConfig:
     sub_group_size: float = 1.0e9
     optimizer: str = "torch"
     """torch: torch's AdamW, fused on CUDA (ships compiled); deepspeed: DeepSpeed's FusedAdam (JIT-built on every node)."""
-    reduce_dtype: str = "fp32"
-    """Gradient reduce-scatter dtype under bf16 (accumulation is always fp32): fp32, or bf16 for half the traffic."""
+    reduce_dtype: str = "auto"
+    """Gradient reduce-scatter dtype under bf16 (accumulation is always fp32): fp32, bf16 (half the
+    traffic), or auto: bf16 when the run spans several nodes, else fp32 (the plan prints why)."""
     hierarchical_partitioning: bool = True
     """Multi-node: ZeRO++ hpZ, a weight copy per node, so weight all-gathers stay on NVLink."""
 
@@ -42,7 +43,7 @@ class DeepSpeedConfig:
         one_of("offload_optimizer", self.offload_optimizer, ("none", "cpu"))
         one_of("offload_param", self.offload_param, ("none", "cpu"))
         one_of("optimizer", self.optimizer, ("torch", "deepspeed"))
-        one_of("reduce_dtype", self.reduce_dtype, ("fp32", "bf16"))
+        one_of("reduce_dtype", self.reduce_dtype, ("auto", "fp32", "bf16"))
         for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
             _auto_or_positive(key, getattr(self, key))
         for key in ("stage3_max_live_parameters", "stage3_max_reuse_distance", "sub_group_size"):

@@ -9,6 +9,7 @@ from .base import one_of, require
 
 ATTENTION = ("auto", "flash_attention_2", "torch_varlen", "sdpa", "eager")
 DTYPES = ("bfloat16", "float16", "float32")
+CHECKPOINTING = ("auto", "every_layer", "every_second_layer", "none", True, False)
 
 
 @dataclass
@@ -25,8 +26,10 @@ class ModelConfig:
     """auto: on CUDA flash_attention_2 if flash-attn imports, else torch_varlen (torch's built-in
     varlen kernel, same packed-row boundaries), else sdpa; on CPU sdpa (llama3zh_dist/attention.py).
     Or one of them by name; sdpa and eager keep packed samples apart with a [T, T] block mask."""
-    gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass: ~1/3 more compute, far less memory."""
+    gradient_checkpointing: Any = "auto"
+    """Recompute activations in the backward: every_layer (~1/3 more compute, least memory),
+    every_second_layer, none; auto: the fastest that fits the GPU with plan.memory_margin (the plan
+    prints the choice). true/false mean every_layer/none."""
     init_special_token_rows: bool = True
     """Mean-initialise the untrained chat-token embedding rows of base checkpoints."""
     trust_remote_code: bool = False
@@ -38,3 +41,4 @@ class ModelConfig:
                 "model.init=random builds the model from model.arch: give its LlamaConfig fields (see conf/model/tiny.yaml)")
         one_of("dtype", self.dtype, DTYPES)
         one_of("attn_implementation", self.attn_implementation, ATTENTION)
+        one_of("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)

@@ -26,6 +26,8 @@ class PlanConfig:
     """CUDA context, cuBLAS workspaces, NCCL channel buffers per GPU."""
     fragmentation: float = 0.05
     """Allocator fragmentation, as a share of everything else."""
+    memory_margin: float = 0.1
+    """Share of the GPU's memory the automatic choices (model.gradient_checkpointing=auto) leave free."""
     host_gib_per_rank: float = 4
     """Host RAM of one rank's process."""
     peak_supervised_share: float = 0.8
@@ -41,6 +43,6 @@ class PlanConfig:
         one_of("format", self.format, ("table", "json"))
         require(0 < self.mfu <= 1, "mfu", self.mfu, "a utilisation is a share of the peak, in (0, 1]")
         require(0 < self.comm_efficiency <= 1, "comm_efficiency", self.comm_efficiency, "a share of the bandwidth, in (0, 1]")
-        for key in ("fragmentation", "peak_supervised_share", "row_fill", "supervised_share"):
+        for key in ("fragmentation", "peak_supervised_share", "row_fill", "supervised_share", "memory_margin"):
             require(0 <= getattr(self, key) <= 1, key, getattr(self, key), "a share, in [0, 1]")
         require(self.overhead_gib >= 0, "overhead_gib", self.overhead_gib, "memory cannot be negative")

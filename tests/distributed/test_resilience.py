@@ -291,26 +291,55 @@ def _assert_states_close(a: dict, b: dict, tol=1e-7) -> None:
     assert a["trainer_state"]["consumed_rows"] == b["trainer_state"]["consumed_rows"]
 
 
-def test_resume_on_1_rank_from_2_and_on_2_from_1_keeps_weights_and_optimizer_state(reference, data_dir, tmp_path):
-    """2 -> 1 -> 2 ranks through the real resume path: after loading, the state (fp32 weights, Adam
-    moments and step, per-group hyperparameters, LR schedule, data position) equals the saved one to
-    1e-7; and the CLI finishes a 2-rank run on 1 rank close to the 2-rank curve."""
-    ref_dir, ref, _ = reference
+PROBE_ARGS = ["+experiment=quickstart", "logger.mode=disabled", "trainer.progress_bar=false",
+              "trainer.global_batch_size=2", "trainer.weight_decay=0.01", f"trainer.max_steps={STEPS}",
+              "cluster.nproc_per_node=1"]
+
+
+@pytest.fixture(scope="module")
+def resumed_on_one(reference, data_dir, tmp_path_factory):
+    """The 2-rank checkpoint of step STEPS - EVERY resumed on 1 rank by the real recipe (the probe
+    saves what it loaded, then makes one update): (two, one, saved states, step, probe log)."""
+    ref_dir, _, _ = reference
     step = STEPS - EVERY
-    two = tmp_path / "two"
+    base = tmp_path_factory.mktemp("to_one")
+    two = base / "two"
     (two / "checkpoints").mkdir(parents=True)
     shutil.copytree(ref_dir / "checkpoints" / f"step_{step}", two / "checkpoints" / f"step_{step}")
     saved = checkpoint_states(two / "checkpoints" / f"step_{step}")
-    data = str(data_dir)
-    env = {"LLAMA3ZH_DATA_DIR": data}
-    probe_args = ["+experiment=quickstart", "logger.mode=disabled", "trainer.progress_bar=false",
-                  "trainer.global_batch_size=2", "trainer.weight_decay=0.01", f"trainer.max_steps={STEPS}",
-                  "cluster.nproc_per_node=1"]
-
-    one = tmp_path / "one"
-    rc, out = run_ranks(PROBE, 1, [*probe_args, f"run.dir={two}"], env={**env, "PROBE_OUT": str(one)},
-                        log=tmp_path / "to1.log")
+    one = base / "one"
+    rc, out = run_ranks(PROBE, 1, [*PROBE_ARGS, f"run.dir={two}"],
+                        env={"LLAMA3ZH_DATA_DIR": str(data_dir), "PROBE_OUT": str(one)}, log=base / "to1.log")
     assert rc == 0, out[-4000:]
+    return two, one, saved, step, out
+
+
+def test_after_a_resume_on_another_world_size_each_group_steps_its_own_count_on_its_parameters_device(resumed_on_one):
+    """DeepSpeed's universal loader hands every ZeRO sub-group one shared CPU ``step`` tensor: torch's
+    fused AdamW (CUDA) needs it float32 on the parameter's device, and a shared counter advances once
+    per group per update. After the resume each group has its own, on its parameter's device, with
+    the saved count, and one update advances each by exactly one."""
+    _, one, saved, _, out = resumed_on_one
+    report = json.loads((one / "optimizer_steps_rank0.json").read_text())
+    loaded, updated = report["after_load"], report["after_one_update"]
+    assert len(loaded) == 2 and {g["optimizer"] for g in loaded} == {"AdamW"}  # decay / no-decay groups
+    assert len({g["step_id"] for g in loaded}) == len(loaded), "groups share one step tensor"
+    for g in loaded:
+        assert g["step_device"] == g["param_device"] and g["moment_devices"] == [g["param_device"]], g
+        assert g["step_dtype"] == "torch.float32", g  # what fused AdamW requires
+        assert g["step"] == saved["adam_step"][0], (g, saved["adam_step"])
+    assert [g["step"] for g in updated] == [g["step"] + 1 for g in loaded]
+
+
+def test_resume_on_1_rank_from_2_and_on_2_from_1_keeps_weights_and_optimizer_state(reference, data_dir, tmp_path,
+                                                                                     resumed_on_one):
+    """2 -> 1 -> 2 ranks through the real resume path: after loading, the state (fp32 weights, Adam
+    moments and step, per-group hyperparameters, LR schedule, data position) equals the saved one to
+    1e-7; and the CLI finishes a 2-rank run on 1 rank close to the 2-rank curve."""
+    _, ref, _ = reference
+    two, one, saved, step, out = resumed_on_one
+    env = {"LLAMA3ZH_DATA_DIR": str(data_dir)}
+    probe_args = PROBE_ARGS
     assert "saved by 2 ranks; resuming on 1" in out
     on_one = checkpoint_states(one / "checkpoints" / f"step_{step}")
     assert json.loads((one / "checkpoints" / f"step_{step}" / "trainer_state.json").read_text())["world_size"] == 1

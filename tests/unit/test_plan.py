@@ -119,7 +119,9 @@ def test_unknown_gpu_name_is_a_user_error_listing_the_known_ones():
 
 
 def test_step_time_is_flops_at_the_assumed_mfu_or_zero3_traffic_whichever_is_longer():
-    cfg = load_config(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM"])
+    # plan.mfu is the MFU with every layer checkpointed (tests/unit/test_plan_choices.py: fewer)
+    cfg = load_config(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM",
+                       "model.gradient_checkpointing=every_layer"])
     from llama3zh_dist.deepspeed_config import build_deepspeed_config
 
     plan = make_plan(cfg)
@@ -136,6 +138,7 @@ def test_step_time_is_flops_at_the_assumed_mfu_or_zero3_traffic_whichever_is_lon
     cfg2 = load_config(["+experiment=full_sft", "data=llama3_chinese_chat", "cluster.gpu=H100-SXM", "cluster.nodes=2"])
     two = make_plan(cfg2)["detail"]
     share, ib, nvlink = 15 / 16, 50e9 * 0.7, 450e9 * 0.7
+    c = 4 if build_deepspeed_config(cfg2, 16, gpus_per_node=8).get("communication_data_type") == "fp32" else 2
     if int(build_deepspeed_config(cfg2, 16)["zero_optimization"].get("zero_hpz_partition_size", 1) or 1) > 1:
         per_micro = (2 + c) * n * share / ib + 2 * n * share * 7 / 8 / nvlink
     else:

@@ -30,9 +30,16 @@ def _model(arch: dict, checkpointing: bool):
     config = LlamaConfig(**arch)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16)
     model.config.use_cache = False
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    from llama3zh_dist.model import enable_checkpointing
+
+    enable_checkpointing(model, checkpointing)  # True / False / "every_second_layer", as training does
     return model.train(), ModelShape.from_config(config)
+
+
+def _checkpointed(checkpointing, shape) -> int | bool:
+    from llama3zh_dist.plan.choices import checkpointed_layers
+
+    return checkpointing if isinstance(checkpointing, bool) else checkpointed_layers(checkpointing, shape.num_hidden_layers)
 
 
 def _measured_peak(model, step) -> int:
@@ -47,7 +54,7 @@ def _measured_peak(model, step) -> int:
     return peak[_MemRefType.ACT] + peak[_MemRefType.TEMP]
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True, "every_second_layer"])
 @pytest.mark.parametrize("tokens", [512, 1024])
 @pytest.mark.parametrize("size", list(SIZES))
 def test_layer_activations_within_20_percent_of_measured(size, tokens, checkpointing):
@@ -63,11 +70,11 @@ def test_layer_activations_within_20_percent_of_measured(size, tokens, checkpoin
         hidden.backward(torch.ones_like(hidden))
 
     measured = _measured_peak(model, step)
-    predicted = activations(shape, tokens, 2, "sdpa", checkpointing)["peak"]
+    predicted = activations(shape, tokens, 2, "sdpa", _checkpointed(checkpointing, shape))["peak"]
     assert abs(predicted / measured - 1) < 0.2, (predicted, measured)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True, "every_second_layer"])
 def test_step_peak_with_the_supervised_loss_within_20_percent_of_measured(checkpointing):
     from llama3zh_dist.data.loader import collate
     from llama3zh_dist.model import supervised_token_losses
@@ -81,7 +88,7 @@ def test_step_peak_with_the_supervised_loss_within_20_percent_of_measured(checkp
              "sample_ids": [str(k) for k in range(tokens // SAMPLE)]}]
     batch = collate(rows)
     measured = _measured_peak(model, lambda: supervised_token_losses(model, batch, torch.device("cpu")).sum().backward())
-    act = activations(shape, tokens, 2, "sdpa", checkpointing)
+    act = activations(shape, tokens, 2, "sdpa", _checkpointed(checkpointing, shape))
     # training's loss head is chunked (loss.CHUNK_TOKENS rows of logits at a time)
     predicted = max(act["at_loss"] + loss_buffer(shape, batch.supervised_tokens, 2, chunk=CHUNK_TOKENS), act["peak"])
     assert abs(predicted / measured - 1) < 0.2, (predicted, measured)

@@ -1,0 +1,124 @@
+"""Throughput defaults picked by the planner where the config says ``auto``.
+
+Two settings trade speed against memory or precision and have one best value per run shape:
+
+- ``deepspeed.reduce_dtype`` (the gradient reduce-scatter dtype under bf16): by topology.
+- ``model.gradient_checkpointing`` (``every_layer`` | ``every_second_layer`` | ``none``): the
+  fastest granularity whose predicted per-GPU peak fits the GPU with ``plan.memory_margin`` left.
+
+The plan prints the choice and its reason; the generated DeepSpeed JSON (``deepspeed_config.py``)
+and the model build (``model.py``) call the same functions, so what the plan says is what runs.
+An explicit value always wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from ..flops import ModelShape, step_flops
+
+# Least memory (most recomputation) first: the fallback when nothing faster fits.
+CHECKPOINTING = ("every_layer", "every_second_layer", "none")
+_INTERVAL = {"every_layer": 1, "every_second_layer": 2, "none": 0}
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: str
+    reason: str
+    picked: bool  # True: the planner chose it ("auto"); False: the config gave it
+
+
+def checkpointing_name(value) -> str:
+    """The granularity a (resolved) ``model.gradient_checkpointing`` value means; true/false are
+    the older spellings of every_layer/none."""
+    if value is True or str(value).lower() == "true":
+        return "every_layer"
+    if value is False or str(value).lower() == "false":
+        return "none"
+    if str(value) not in _INTERVAL:
+        raise ValueError(f"model.gradient_checkpointing={value!r}: not resolved (use {', '.join(CHECKPOINTING)})")
+    return str(value)
+
+
+def checkpoint_interval(value) -> int:
+    """Checkpoint decoder layers 0, n, 2n, ... (n = this); 0 = none."""
+    return _INTERVAL[checkpointing_name(value)]
+
+
+def checkpointed_layers(value, num_layers: int) -> int:
+    n = checkpoint_interval(value)
+    return math.ceil(num_layers / n) if n else 0
+
+
+def recompute_flops(shape: ModelShape, tokens: float, sum_sq_lengths: float, layers: int) -> float:
+    """Extra FLOPs of recomputing ``layers`` decoder layers' forward over ``tokens`` (forward = 1/3
+    of forward + backward; the loss head is never recomputed)."""
+    useful = step_flops(shape, tokens, 0.0, sum_sq_lengths)  # the decoder layers only
+    return useful / 3 * layers / shape.num_hidden_layers
+
+
+# -- gradient reduce dtype -------------------------------------------------------------------------
+def reduce_dtype_choice(cfg: DictConfig, world: int, gpus_per_node: int) -> Choice:
+    given = str(cfg.deepspeed.get("reduce_dtype", "auto"))
+    if given != "auto":
+        return Choice(given, "deepspeed.reduce_dtype given", False)
+    if cfg.model.dtype != "bfloat16":
+        return Choice("fp32", f"model.dtype={cfg.model.dtype}: gradients are reduced in the model dtype", True)
+    nodes = world // max(1, gpus_per_node)
+    if nodes > 1:
+        # Precision trade-off: a bf16 reduce-scatter rounds the running sum to bf16 (8-bit
+        # mantissa, up to 2^-9 relative error) at every ring hop, so each averaged gradient carries
+        # a small unbiased rounding noise, far below the gradient noise of a 0.5M-token batch, while
+        # accumulation over micro-steps stays fp32 (data_types.grad_accum_dtype); an fp32 reduce is
+        # exact but doubles the bytes on InfiniBand, ~8x slower than NVLink, which makes a
+        # multi-node step network-bound (70B on 8 nodes: 12.3 s fp32 vs 8.5 s bf16 by this planner).
+        return Choice("bf16", f"{nodes} nodes: the reduce-scatter crosses the inter-node network, where bf16 "
+                              "halves the traffic (accumulation stays fp32)", True)
+    return Choice("fp32", "one node: the reduce stays on NVLink, where overlap_comm hides it behind the "
+                          "backward; fp32 keeps the sum exact", True)
+
+
+# -- gradient-checkpointing granularity ------------------------------------------------------------
+def checkpointing_choice(cfg: DictConfig, shape: ModelShape, ds: dict, world: int) -> Choice:
+    """The fastest granularity whose predicted peak fits the GPU less ``plan.memory_margin``.
+
+    Recomputing fewer layers saves compute, but a step bound by ZeRO-3 traffic gains nothing from
+    it: among the granularities that fit, the one with the least predicted step time, and of those
+    within 1% of it the one that recomputes most (most memory left). Without a known GPU peak the
+    fastest is the one that recomputes least."""
+    given = cfg.model.get("gradient_checkpointing", "auto")
+    if str(given) != "auto":
+        return Choice(checkpointing_name(given), "model.gradient_checkpointing given", False)
+    from ..data.settings import resolve_out_dir
+    from . import memory, plan_gpu, with_overrides  # plan/__init__ imports this module
+    from .timing import data_stats, step_time
+
+    gpu = plan_gpu(cfg)
+    if gpu is None:
+        return Choice("none", "no GPU memory to plan against (CPU run): no recomputation", True)
+    margin = float(cfg.plan.get("memory_margin", 0.1))
+    limit = gpu.memory_bytes * (1 - margin)
+    stats = data_stats(cfg, resolve_out_dir(cfg))
+    fitting, tried = [], []
+    for name in CHECKPOINTING:
+        c = with_overrides(cfg, {"model.gradient_checkpointing": name})
+        total = memory(c, shape, ds, gpu, world)["per_gpu_bytes"]["total"]
+        seconds = step_time(c, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=None,
+                            checkpointed=checkpointed_layers(name, shape.num_hidden_layers))["step_seconds"]
+        tried.append(f"{name} {total / 2**30:.1f} GiB" + (f" {seconds:.2f} s" if seconds else ""))
+        if total <= limit:
+            fitting.append((name, seconds))
+    where = f"limit {limit / 2**30:.1f} GiB ({gpu.name} less plan.memory_margin={margin:g}): " + ", ".join(tried)
+    if not fitting:
+        return Choice(CHECKPOINTING[0], f"none fits, this needs least; {where}", True)
+    if any(sec is None for _, sec in fitting):  # no GPU peak: recomputing less is faster
+        return Choice(fitting[-1][0], f"recomputes least of those that fit; {where}", True)
+    best = min(sec for _, sec in fitting)
+    name = next(n for n, sec in fitting if sec <= best * 1.01)
+    why = ("fastest that fits" if name == fitting[-1][0] else
+           "as fast as recomputing less (the step waits for ZeRO-3 traffic) and leaves more memory free")
+    return Choice(name, f"{why}; {where}", True)
