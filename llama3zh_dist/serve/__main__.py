@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     sock = _bind(serve.host, int(serve.port))
     host, port = sock.getsockname()[:2]
 
+    from transformers.utils import logging as hf_logging
+
     from .models import ServedModel
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: one line per model says the same
 
     models = {}
     for model_id, folder in targets:

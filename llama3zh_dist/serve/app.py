@@ -4,6 +4,8 @@
     GET  /v1/models                the served model ids (the paths as given)
     POST /v1/chat/completions      OpenAI's request and response, SSE with "stream": true
     GET  /                         the web chat (static/index.html)
+    POST /tokenize                 vLLM's: the prompt ids of a conversation (train = serve, checkable)
+    GET  /api/stats                requests in flight and ended, per model
     GET  /api/page                 what the page needs: model count, compare mode, key required
     POST /api/match                compare mode: a new A/B match for a conversation (models hidden)
     POST /api/match/{id}/{a|b}     that side's answer, streamed like /v1/chat/completions
@@ -207,6 +209,21 @@ def create_app(models: dict[str, ServedModel], serve, api_key: Optional[str], ou
         req = parse_request(await read_json(request))
         sm = model_for(req.model)
         return await answer(req, sm, req.model)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """vLLM's /tokenize for chat messages: the prompt ids a completion would start from."""
+        check_key(request)
+        payload = await read_json(request)
+        req = parse_request(dict(payload, model=payload.get("model") or ids[0]) if isinstance(payload, dict) else payload)
+        tokens = model_for(req.model).prompt_ids(req.conversation())
+        return {"count": len(tokens), "max_model_len": model_for(req.model).max_model_len, "tokens": tokens}
+
+    @app.get("/api/stats")
+    async def stats(request: Request):
+        """Per model: requests in flight and requests ended by reason (stop, length, cancelled)."""
+        check_key(request)
+        return {i: {"in_flight": m.engine.in_flight, "finished": dict(m.engine.finished)} for i, m in models.items()}
 
     # ------------------------------------------------------------------ the web chat
     @app.get("/")

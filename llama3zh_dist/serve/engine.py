@@ -124,6 +124,10 @@ class BatchedEngine:
 
     def __init__(self, model, stop_ids: list[int], pad_id: int, max_concurrent: int, max_queue: int):
         self.model = model
+        # transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name warns)
+        import inspect
+
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.device = next(model.parameters()).device
         self.stop_ids = set(stop_ids)
         self.pad_id = pad_id
@@ -133,6 +137,7 @@ class BatchedEngine:
         self._lock = threading.Lock()
         self._in_flight = 0  # waiting + running: the admission count for 429
         self.steps = 0
+        self.finished: dict[str, int] = {}  # requests ended, by reason
         self.last_error: Optional[str] = None
         self._thread = threading.Thread(target=self._loop, name="serve-engine", daemon=True)
         self._thread.start()
@@ -156,6 +161,7 @@ class BatchedEngine:
     def _done(self, req: GenRequest, reason: str) -> None:
         with self._lock:
             self._in_flight -= 1
+            self.finished[reason] = self.finished.get(reason, 0) + 1
         try:
             req.on_finish(reason)
         except Exception:  # a callback must not kill the engine thread
@@ -212,9 +218,10 @@ class BatchedEngine:
             mask[i, width - len(r.prompt_ids):] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         mask, ids, pos = mask.to(self.device), ids.to(self.device), pos.to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                         past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
-        batch = _Batch(list(reqs), out.past_key_values, mask, mask.sum(-1),
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         **{self._cache_kw: cache})
+        batch = _Batch(list(reqs), cache, mask, mask.sum(-1),
                        torch.zeros(len(reqs), dtype=torch.long, device=self.device))
         batch.first_logits = out.logits[:, -1]
         return batch
@@ -224,7 +231,7 @@ class BatchedEngine:
         n = len(batch.reqs)
         batch.mask = torch.cat([batch.mask, torch.ones((n, 1), dtype=batch.mask.dtype, device=self.device)], dim=1)
         out = self.model(input_ids=batch.last[:, None], attention_mask=batch.mask,
-                         position_ids=batch.next_pos[:, None], past_key_values=batch.cache, use_cache=True)
+                         position_ids=batch.next_pos[:, None], use_cache=True, **{self._cache_kw: batch.cache})
         batch.next_pos = batch.next_pos + 1
         self.steps += 1
         return self._sample_and_drop(batch, out.logits[:, -1])

@@ -23,6 +23,7 @@ class VllmEngine:
         self.stop_ids = list(stop_ids)
         self.max_in_flight = 4 * int(engine_args["max_num_seqs"])
         self._in_flight = 0
+        self.finished: dict[str, int] = {}
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="serve-vllm", daemon=True).start()
         self.llm = asyncio.run_coroutine_threadsafe(self._make(AsyncLLMEngine, AsyncEngineArgs(**engine_args)),
@@ -63,4 +64,5 @@ class VllmEngine:
                     reason = FINISH_LENGTH if out.outputs[0].finish_reason == "length" else FINISH_STOP
         finally:
             self._in_flight -= 1
+            self.finished[reason] = self.finished.get(reason, 0) + 1
             req.on_finish(reason)
