@@ -71,7 +71,7 @@ def _send(driver, text: str, max_tokens: int = 48):
     from selenium.webdriver.common.by import By
 
     driver.execute_script(
-        "document.getElementById('temperature').value = '0';"
+        "var t = document.getElementById('temperature'); t.value = '0'; t.dispatchEvent(new Event('input'));"
         f"document.getElementById('max_tokens').value = '{max_tokens}';"
         # count how often answer text changes: a streamed answer arrives in many steps
         "window.__updates = 0; new MutationObserver(() => window.__updates++)"
