@@ -7,8 +7,15 @@ key (``serve.api_key`` or ``LLAMA3ZH_API_KEY``) is never printed, logged or save
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
+
+# The engine runs the model in its own thread while the main thread runs the HTTP server. With
+# OpenMP's default active waiting, the idle team of one thread spins on the cores the other needs:
+# measured on 2 cores, 8 concurrent requests ran at 16 tokens/s instead of 136. Passive waiting
+# must be set before torch (libgomp) loads; a value the user exported wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..config import load_config
 from ..errors import UserError, exits_cleanly_on_user_error
