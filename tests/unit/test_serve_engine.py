@@ -83,3 +83,21 @@ def test_a_cancelled_row_leaves_the_batch_and_the_others_are_unchanged():
     b.done.wait()
     assert a.reason == FINISH_CANCELLED and len(a.tokens) == 3
     assert b.tokens == _reference(model, [20, 21, 22], 12)
+
+
+def test_sampling_with_a_seed_repeats_and_each_row_samples_on_its_own_generator():
+    model = _model()
+    engine = BatchedEngine(model, [STOP], pad_id=0, max_concurrent=4, max_queue=8)
+
+    def sampled(seed):
+        c = _Collect([30, 31, 32], 16)
+        c.req.temperature, c.req.top_p, c.req.seed = 1.0, 0.95, seed
+        return c
+
+    runs = [sampled(5), sampled(5), sampled(6)]  # in one batch: rows must not share a random stream
+    for c in runs:
+        engine.submit(c.req)
+    for c in runs:
+        c.done.wait()
+    assert runs[0].tokens == runs[1].tokens != runs[2].tokens
+    assert runs[0].tokens != _reference(model, [30, 31, 32], 16)  # really sampled, not greedy
