@@ -99,6 +99,22 @@ class Completion:
         return "".join(self.text_parts)
 
 
+async def _until_done_or_gone(comp: Completion, request: Request) -> None:
+    """Collect a non-streamed answer; a client that hangs up meanwhile frees its batch row (Starlette
+    cancels a streaming response's generator itself, but not a plain handler)."""
+    async def drain():
+        async for _ in comp.pieces():
+            pass
+
+    task = asyncio.ensure_future(drain())
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.5)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()  # pieces() cancels the row on its way out
+            raise APIError(499, "the client closed the request", "invalid_request_error")
+    task.result()
+
+
 def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -158,13 +174,13 @@ def create_app(models: dict[str, ServedModel], serve, api_key: Optional[str], ou
                            "invalid_request_error", "model", "model_not_found")
         return models[name]
 
-    async def answer(req: ChatCompletionRequest, sm: ServedModel, shown_model: str, on_done=None):
+    async def answer(request: Request, req: ChatCompletionRequest, sm: ServedModel, shown_model: str,
+                     on_done=None):
         """The response for one completion: JSON, or SSE chunks when ``stream``."""
         comp = Completion(sm, req, serve.max_tokens)
         cid = completion_id()
         if not req.stream:
-            async for _ in comp.pieces():
-                pass
+            await _until_done_or_gone(comp, request)
             if on_done:
                 on_done(comp)
             return JSONResponse(completion_body(cid, shown_model, comp.text, comp.finish, len(comp.prompt),
@@ -208,7 +224,7 @@ def create_app(models: dict[str, ServedModel], serve, api_key: Optional[str], ou
         check_key(request)
         req = parse_request(await read_json(request))
         sm = model_for(req.model)
-        return await answer(req, sm, req.model)
+        return await answer(request, req, sm, req.model)
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
@@ -273,7 +289,7 @@ def create_app(models: dict[str, ServedModel], serve, api_key: Optional[str], ou
         def done(comp: Completion):
             match[side]["answer"] = comp.text
 
-        return await answer(req, models[match[side]["model"]], f"model {side.upper()}", done)
+        return await answer(request, req, models[match[side]["model"]], f"model {side.upper()}", done)
 
     @app.post("/api/vote")
     async def vote(request: Request):

@@ -150,7 +150,7 @@ class BatchedEngine:
                                 f"{self.max_concurrent} + serve.max_queue={self.max_queue})")
             self._in_flight += 1
         if req.temperature > 0:
-            req.generator = torch.Generator(device="cpu")
+            req.generator = torch.Generator(device=self.device)  # multinomial needs it on the logits device
             req.generator.manual_seed(req.seed if req.seed is not None else int(time.time_ns() % 2**63))
         self._waiting.put(req)
 
