@@ -25,6 +25,7 @@ from .eval import EvalConfig
 from .logger import LoggerConfig
 from .model import ModelConfig
 from .plan import PlanConfig
+from .serve import ServeConfig
 from .run import ChatConfig, CheckpointConfig, ExportConfig, RunConfig
 from .trainer import TrainerConfig
 
@@ -32,6 +33,7 @@ from .trainer import TrainerConfig
 GROUP_SCHEMAS = {
     "model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "cluster": ClusterConfig,
     "deepspeed": DeepSpeedConfig, "logger": LoggerConfig, "eval": EvalConfig,
+    "serve": ServeConfig,
 }
 # Sections of conf/config.yaml itself.
 ROOT_SCHEMAS = {"run": RunConfig, "checkpoint": CheckpointConfig, "export": ExportConfig, "chat": ChatConfig,

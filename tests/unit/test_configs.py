@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Config groups chosen as `<group>=<option>`; `experiment` and `sweep` are added with `+`, and
 # cluster/slurm is an overlay (see its header), not a cluster choice.
-SELECTABLE = ["model", "data", "deepspeed", "trainer", "cluster", "logger", "eval"]
+SELECTABLE = ["model", "data", "deepspeed", "trainer", "cluster", "logger", "eval", "serve"]
 OVERLAYS = {("cluster", "slurm"): "+cluster@_global_=slurm"}
 # Options with required settings (`???`) that a user gives on the command line.
 REQUIRED = {("data", "files"): ["data.files=[data/sample/firefly.jsonl]", "data.format=firefly"]}
