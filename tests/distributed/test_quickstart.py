@@ -105,6 +105,20 @@ def test_plan_calibrated_from_the_run_predicts_its_time_per_step(quickstart):
     assert plan["hours_to_max_steps"] == pytest.approx(plan["step_seconds"] * 120 / 3600)
 
 
+def test_an_intermediate_checkpoint_keeps_reference_logits_and_its_export_checks_them(quickstart, tmp_path):
+    """Issue 20 item 3: every checkpoint (not only the final one) saves the reference logits, listed in
+    its complete.json, so exporting step 80 of 120 compares the export's logits with the model's."""
+    from llama3zh_dist.export import export_checkpoint
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
+
+    run_dir, _, _ = quickstart
+    ckpt = run_dir / "checkpoints" / "step_80"
+    assert "reference_logits.safetensors" in json.loads((ckpt / "complete.json").read_text())["files"]
+    s = export_checkpoint(ckpt, tmp_path / "export80", tokenizer=load_tokenizer(None), dtype="float32", workers=1)
+    assert s["verification"]["logits_verified"] is True and s["verification"]["logits"]["failures"] == []
+    assert json.loads((tmp_path / "export80" / "verification.json").read_text())["logits_verified"] is True
+
+
 def test_quickstart_console_shows_no_library_deprecation_noise(quickstart):
     _, _, log = quickstart
     assert "FutureWarning" not in log and "DeprecationWarning" not in log, log[:3000]
