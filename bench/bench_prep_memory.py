@@ -215,15 +215,16 @@ def measure(stage: str, path: str, tmp: Path, workers: str = "0", near_dedup: bo
                BENCH_PREP_WORKERS=workers, BENCH_NEAR_DEDUP="1" if near_dedup else "0",
                BENCH_RAY_MIN_ROWS=str(ray_min_rows or ""))
     cmd = [sys.executable, __file__, "--child", stage, path, str(tmp / f"out_{stage}_{Path(path).name}")]
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None,
-                             text=True)
+    err_path = tmp / f"stderr_{stage}_{Path(path).name}.txt"
+    with open(err_path, "w") as err:  # quiet: the child's console kept for a failure report only
+        child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err if quiet else None, text=True)
     proc, tree_peak = psutil.Process(child.pid), 0.0
     while child.poll() is None:
         tree_peak = max(tree_peak, _tree_rss_mb(proc))
         time.sleep(0.2)
     out = child.stdout.read()
     if child.returncode != 0:
-        raise SystemExit(f"{stage} on {path} failed (exit {child.returncode})")
+        raise SystemExit(f"{stage} on {path} failed (exit {child.returncode})\n{err_path.read_text()[-4000:]}")
     fig = json.loads(out.strip().splitlines()[-1])
     fig["tree_peak_mb"] = tree_peak
     fig["workers"] = workers
