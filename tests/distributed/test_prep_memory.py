@@ -10,7 +10,7 @@ driver and all its descendants (Ray's GCS, raylet, workers) and read exactly for
 Limits, and why (measured on this machine, 2 cores shared with other work):
 - all processes under 2.6 GB at 40,000 rows: Ray's fixed part (GCS, raylet, 2 workers with the
   tokenizer: ~1.5 GB) plus the driver (~0.45 GB); measured 2.0 GB;
-- growth under 4,000 bytes per row for the driver and 5,000 for all processes. Measured (3 runs):
+- growth under 4,000 bytes per row for the driver and 5,000 for all processes. Measured (2 runs):
   driver 2,000-2,300 and all processes 2,700-3,000 from 10k to 40k rows; 1,200 and 1,000 from 20k
   to 80k (the
   in-process path grows by ~1,500 with or without near-dedup, so the per-row term is not near-dedup's:
