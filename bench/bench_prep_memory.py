@@ -24,7 +24,17 @@ share caches. Figures:
   RSS, and the peak of the sum over the driver and every process it started (Ray's GCS, raylet and
   workers; sampled every 0.5 s; shared pages counted once per process, so an upper bound).
 
-Near-dedup is off in every stage (the corpus repeats its bodies; see ``_child``).
+Near-dedup is off in the stages above (that corpus repeats its bodies; see ``_child``).
+
+``--scaling ROWS ROWS``: the whole prep as users run it (Ray Data, near-dedup ON as by default) against
+a naive whole-file prep (every row read into a list, converted and tokenised into lists, exact dedup
+with a set, one Parquet table at the end), on corpora of that many conversations whose bodies are all
+distinct (nothing near-duplicates, so near-dedup searches every row and keeps it: its per-row band
+hashes are all in the driver). Printed side by side: the peak RSS of all processes (driver plus
+every Ray process, sampled with psutil) and of the driver, per size, and the bytes per row by which
+each grows from one size to the other. tests/distributed/test_prep_memory.py asserts the same figures:
+
+    .venv/bin/python bench/bench_prep_memory.py --scaling 20000 80000
 """
 
 from __future__ import annotations
@@ -98,11 +108,16 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
     workers = os.environ.get("BENCH_PREP_WORKERS", "0")
     cfg.data.ray.workers = None if workers == "auto" else int(workers)  # auto: all CPUs, as by default
     cfg.data.progress = stage == "prep"
-    # the corpus repeats 3,000 bodies (fresh ids, first lines): near-dedup would keep only those and
-    # hide how prep's memory follows the kept samples
-    cfg.data.clean.near_dedup.enabled = False
+    # the corpus of write_corpus repeats 3,000 bodies (fresh ids, first lines): near-dedup would keep
+    # only those and hide how prep's memory follows the kept samples; the --scaling corpus is distinct
+    cfg.data.clean.near_dedup.enabled = os.environ.get("BENCH_NEAR_DEDUP") == "1"
+    if os.environ.get("BENCH_RAY_MIN_ROWS"):
+        cfg.data.ray.min_rows = int(os.environ["BENCH_RAY_MIN_ROWS"])
     rows = kept = 0
-    if stage == "read":
+    extra: dict = {}
+    if stage == "naive":
+        rows, kept = _naive_prep(path, Path(out_dir))
+    elif stage == "read":
         for _, raw, err in iter_records(path):
             json.loads(raw) if err is None else None
             rows += 1
@@ -128,9 +143,50 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
         out = P.prepare_dataset(cfg)
         rep = json.loads((Path(out) / "data_report.json").read_text())
         rows, kept = rep["read"], rep["kept"]
-    return {"stage": stage, "file": os.path.basename(path), "mb": os.path.getsize(path) / 1e6, "rows": rows,
+        extra = {"near_dedup": rep["cleaning"]["enabled"]["near_dedup"],
+                 "near_duplicates_removed": rep["cleaning"]["near_duplicates_removed"]}
+    return {**extra, "stage": stage, "file": os.path.basename(path), "mb": os.path.getsize(path) / 1e6, "rows": rows,
             "kept": kept, "seconds": time.perf_counter() - t0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def write_distinct_corpus(folder: Path, rows: int, seed: int = 0) -> Path:
+    """JSONL of ``rows`` ShareGPT conversations, each of fresh random text (one short exchange):
+    no two near-duplicate each other, so near-dedup keeps every row after searching it."""
+    from bench_prep import _para, _words
+
+    rng = random.Random(seed)
+    words = _words()
+    path = folder / f"distinct_{rows}.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for n in range(rows):
+            row = {"id": str(n), "conversations": [{"from": "human", "value": _para(rng, words, 1)},
+                                                   {"from": "gpt", "value": _para(rng, words, 2)}]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def _naive_prep(path: str, out_dir: Path) -> tuple[int, int]:
+    """The baseline: the whole file into a list, every sample tokenised into a list, exact dedup with
+    a set, one Parquet table written at the end (what a first script does)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llama3zh_dist.llama3.chat_format import get_encoder
+
+    enc = get_encoder(None)
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    samples, seen = [], set()
+    for r in records:
+        ids = enc.encode_dialog([{"role": roles[t["from"]], "content": t["value"]} for t in r["conversations"]])
+        if tuple(ids) not in seen:
+            seen.add(tuple(ids))
+            samples.append(ids)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"input_ids": samples}), out_dir / "train.parquet")
+    return len(records), len(samples)
 
 
 def _tree_rss_mb(proc) -> float:
@@ -151,27 +207,63 @@ def _tree_rss_mb(proc) -> float:
     return total / 2**20
 
 
-def measure(stage: str, path: str, tmp: Path, workers: str = "0") -> dict:
+def measure(stage: str, path: str, tmp: Path, workers: str = "0", near_dedup: bool = False,
+            ray_min_rows: int | None = None, quiet: bool = False) -> dict:
     import psutil
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               BENCH_PREP_WORKERS=workers)
+               BENCH_PREP_WORKERS=workers, BENCH_NEAR_DEDUP="1" if near_dedup else "0",
+               BENCH_RAY_MIN_ROWS=str(ray_min_rows or ""))
     cmd = [sys.executable, __file__, "--child", stage, path, str(tmp / f"out_{stage}_{Path(path).name}")]
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    err_path = tmp / f"stderr_{stage}_{Path(path).name}.txt"
+    with open(err_path, "w") as err:  # quiet: the child's console kept for a failure report only
+        child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err if quiet else None, text=True)
     proc, tree_peak = psutil.Process(child.pid), 0.0
     while child.poll() is None:
         tree_peak = max(tree_peak, _tree_rss_mb(proc))
-        time.sleep(0.5)
+        time.sleep(0.2)
     out = child.stdout.read()
     if child.returncode != 0:
-        raise SystemExit(f"{stage} on {path} failed (exit {child.returncode})")
+        raise SystemExit(f"{stage} on {path} failed (exit {child.returncode})\n{err_path.read_text()[-4000:]}")
     fig = json.loads(out.strip().splitlines()[-1])
     fig["tree_peak_mb"] = tree_peak
     fig["workers"] = workers
+    if quiet:
+        return fig
     print(f"  {fig['stage']:<7} {fig['file']:<26} {fig['mb']:>8.0f} MB {fig['rows']:>10,} rows "
           f"{fig['seconds']:>8.1f} s  {fig['rows'] / max(fig['seconds'], 1e-9):>8,.0f} rows/s  "
           f"peak RSS {fig['peak_rss_mb']:>7,.0f} MB (all processes {tree_peak:,.0f} MB)", flush=True)
     return fig
+
+
+def scaling(sizes: list[int], tmp: Path, quiet: bool = False) -> dict:
+    """Ours (Ray, near-dedup on) and the naive prep on distinct corpora of ``sizes`` rows: figures per
+    size and the growth in bytes per row between the smallest and the largest."""
+    figs: dict = {"ours": {}, "naive": {}}
+    for n in sizes:
+        path = write_distinct_corpus(tmp, n, seed=n)
+        figs["ours"][n] = measure("prep", str(path), tmp, "auto", near_dedup=True, ray_min_rows=1000, quiet=quiet)
+        figs["naive"][n] = measure("naive", str(path), tmp, quiet=quiet)
+        os.remove(path)
+    lo, hi = min(sizes), max(sizes)
+    for which in figs.values():
+        for key in ("tree_peak_mb", "peak_rss_mb"):
+            which[f"{key}_bytes_per_row"] = (which[hi][key] - which[lo][key]) * 2**20 / (hi - lo)
+    return figs
+
+
+def print_scaling(figs: dict) -> None:
+    sizes = sorted(k for k in figs["ours"] if isinstance(k, int))
+    print("\nwhole prep, peak RSS (MB): all processes (driver + Ray) / driver alone")
+    print(f"  {'rows':>8}  {'ours (Ray, near-dedup on)':>28}  {'naive whole-file prep':>24}")
+    for n in sizes:
+        o, v = figs["ours"][n], figs["naive"][n]
+        print(f"  {n:>8,}  {o['tree_peak_mb']:>14,.0f} / {o['peak_rss_mb']:>10,.0f}  "
+              f"{v['tree_peak_mb']:>12,.0f} / {v['peak_rss_mb']:>9,.0f}")
+    o, v = figs["ours"], figs["naive"]
+    print(f"  {'B/row':>8}  {o['tree_peak_mb_bytes_per_row']:>14,.0f} / {o['peak_rss_mb_bytes_per_row']:>10,.0f}  "
+          f"{v['tree_peak_mb_bytes_per_row']:>12,.0f} / {v['peak_rss_mb_bytes_per_row']:>9,.0f}"
+          f"   (growth from {sizes[0]:,} to {sizes[-1]:,} rows)")
 
 
 def main() -> None:
@@ -188,9 +280,15 @@ def main() -> None:
                          "data.ray.min_rows rows) or a number (0 = in-process)")
     ap.add_argument("--tmp", default=None, help="folder for the generated files (default: a temp folder)")
     ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--scaling", type=int, nargs=2, default=None, metavar="ROWS",
+                    help="ours (Ray, near-dedup on) against a naive whole-file prep at two row counts")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(*args.child)))
+        return
+    if args.scaling:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            print_scaling(scaling(sorted(args.scaling), Path(tmp)))
         return
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)

@@ -45,7 +45,7 @@ from .rank_guards import PreemptionSignals, Watchdog
 
 log = logging.getLogger("llama3zh_dist")
 
-# Prompts whose logits the final checkpoint keeps, so the export can be checked against them.
+# Prompts whose logits every checkpoint keeps, so the export can be checked against them.
 REFERENCE_PROMPTS = [
     [{"role": "user", "content": "你好，请介绍一下你自己。"}],
     [{"role": "system", "content": "你是一个乐于助人的助手。"}, {"role": "user", "content": "北京有哪些好玩的地方？"}],
@@ -304,9 +304,9 @@ class SFTRecipe:
         state = {"step": self.step, "bad_steps_in_a_row": self.bad_steps_in_a_row,
                  "consumed_rows": self.step * int(self.cfg.trainer.global_batch_size),
                  "world_size": self.world_size, "time": time.time()}
-        extra = {}
-        if final:
-            extra["reference_logits.safetensors"] = self._reference_logits_writer()
+        # Every checkpoint keeps the reference logits (two short prompts: one forward each), so an
+        # export of any step (export.step=N, eval.step=N) is checked against the model it came from.
+        extra = {"reference_logits.safetensors": self._reference_logits_writer()}
         self.ckpt.save(self.engine, self.step, state, self.hf_config, extra)
         self.last_ckpt_time = time.time()
         self.saved_step = self.step
@@ -326,7 +326,9 @@ class SFTRecipe:
         from .llama3.hf_tokenizer import load_tokenizer
         from .llama3.tokens import PAD_ID
 
-        tok = load_tokenizer(self.cfg.model.path, bool(self.cfg.model.trust_remote_code))
+        if getattr(self, "_reference_tokenizer", None) is None:
+            self._reference_tokenizer = load_tokenizer(self.cfg.model.path, bool(self.cfg.model.trust_remote_code))
+        tok = self._reference_tokenizer
         self.engine.eval()
         ids_list, logits_list = [], []
         with torch.no_grad():

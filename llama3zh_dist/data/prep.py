@@ -24,9 +24,14 @@ being read) and one block (``data.ray.block_rows`` rows) in-process, or a window
 is done (:mod:`.spill`: tokens, raw text and signatures in one file, the per-row metadata in
 another). Steps 3-6 read back the columns they decide on and keep per row only numpy arrays of a
 few dozen bytes (source, input-order rank, verdict, the row a duplicate repeats; 12 bytes per
-output sample), and step 7 builds the shards one at a time from a bucket file per shard: peak memory
+output sample; near-dedup adds 8 bytes per LSH band, 32 at the default threshold, and at most 96
+bytes per row more while it searches: tests/unit/test_clean.py), and step 7 builds the shards one
+at a time from a bucket file per shard: peak memory
 is a fixed part (libraries, tokenizer, one shard's tokens: ``data.shard_rows`` x
 ``data.max_seq_len`` x 8 bytes) plus those few dozen bytes per row, not the size of the text.
+Measured (``bench_prep_memory.py --scaling``, tests/distributed/test_prep_memory.py), the driver's
+peak grows by 1-2 KB per row at 10k-80k rows, with or without Ray or near-dedup: more than the
+arrays above; what holds the rest is not yet accounted for (a naive whole-file prep: ~8.5 KB).
 
 The fingerprint (:mod:`.fingerprint`) makes a rerun with nothing changed a cache hit.
 """

@@ -43,7 +43,7 @@ def resolve_target(cfg: DictConfig, argv: list[str]) -> tuple[Path, Path, str]:
             print(f"exporting {ckpt} to {folder} for evaluation", file=sys.stderr, flush=True)
             tok = load_tokenizer(cfg.model.path, bool(cfg.model.get("trust_remote_code", False)))
             export_checkpoint(ckpt, folder, tokenizer=tok, dtype=cfg.export.dtype,
-                              max_shard_size=cfg.export.max_shard_size, workers=int(cfg.export.workers), verify=False)
+                              max_shard_size=cfg.export.max_shard_size, workers=int(cfg.export.workers), verify=True)
         return folder, out, tag
     if _given(argv, "model.path") and cfg.model.path:
         folder = resolve_path(str(cfg.model.path))

@@ -42,6 +42,7 @@ from llama3zh_dist.fileio import fsync_dir, pid_alive, swap_dir_into_place
 
 from .consolidate import match_names
 from .hf_files import DTYPE_NAMES, resolve_dtype, write_config, write_generation_config
+from .logits_check import VERIFICATION_FILE, record_verification
 from .safetensors_stream import TensorEntry, parse_size, plan_shards
 from .verify import verify_folder, verify_source_checksums
 from .writer import crash_point, read_back, write_weights
@@ -159,6 +160,9 @@ def export_checkpoint(ckpt_dir, out_dir, *, tokenizer, dtype="bfloat16", max_sha
             verification = verify_folder(tmp, shards, tokenizer, hf_config, dt, ckpt_dir, skel) if verify else {}
             hashes.update({fn: f.result() for fn, f in weight_sums.items()})
         verification["checksums"] = len(hashes)
+        # never silent: an export whose logits were not checked says so on stderr and in the folder
+        hashes[VERIFICATION_FILE] = read_back(record_verification(tmp, verification, ckpt_dir, verify))
+        verification["logits_verified"] = "logits" in verification
         crash_point("before_sums")
         _write_sums(tmp, hashes)
         crash_point("before_rename")

@@ -19,7 +19,15 @@ tensors. Three criteria, each with its reason, must all hold:
 
 from __future__ import annotations
 
+import json
+import pathlib
+import sys
+
 import torch
+
+REFERENCE_FILE = "reference_logits.safetensors"
+# Written into every export folder: what was checked, and why the logits were not when they were not.
+VERIFICATION_FILE = "verification.json"
 
 # Limits by the less precise of the dtype the reference was computed in and the export dtype.
 LIMITS = {
@@ -74,3 +82,29 @@ def judge_logits(got: list[torch.Tensor], want: list[torch.Tensor], dtype: torch
             "max_abs_reference": max_ref, "mean_abs_reference": mean_ref, "positions": int(want_all.shape[0]),
             "decisive_positions": n_decisive,
             "limits": dict(limits), "judged_as": str(dtype).replace("torch.", ""), "failures": failures}
+
+
+def logits_unverified_reason(ckpt_dir: pathlib.Path, verify) -> str | None:
+    """Why the logits of an export from ``ckpt_dir`` are not checked, or None when they are.
+
+    Training saves the reference logits with every checkpoint (train.py ``save_checkpoint``); a
+    checkpoint without them was made by an older version or had the file removed."""
+    if not verify:
+        return "export.verify=false: the export was not verified"
+    if not (pathlib.Path(ckpt_dir) / REFERENCE_FILE).is_file():
+        return (f"{pathlib.Path(ckpt_dir).name} has no {REFERENCE_FILE} (made by an older version?): the logits "
+                "of the export were not compared with the trained model's")
+    return None
+
+
+def record_verification(folder: pathlib.Path, verification: dict, ckpt_dir: pathlib.Path, verify) -> pathlib.Path:
+    """Write ``verification.json`` into the export ``folder``; an export whose logits could not be
+    checked says so there (``logits_verified: false`` and the reason) and on stderr, never silently."""
+    reason = logits_unverified_reason(ckpt_dir, verify) if "logits" not in verification else None
+    record = {"checkpoint": str(ckpt_dir), "logits_verified": reason is None, **verification}
+    if reason:
+        record["not_verified"] = reason
+        print(f"WARNING: export not verified: {reason}", file=sys.stderr, flush=True)
+    path = pathlib.Path(folder) / VERIFICATION_FILE
+    path.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    return path

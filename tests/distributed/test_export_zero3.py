@@ -177,6 +177,31 @@ def test_export_is_refused_when_the_logits_disagree_with_the_trained_model(tied_
     assert not out.exists() and sorted(p.name for p in out.parent.iterdir()) == ["checkpoints"]
 
 
+def test_an_export_that_cannot_check_its_logits_says_so_on_the_console_and_in_the_folder(tied_run, tmp_path):
+    """Issue 20 item 3: a checkpoint without reference logits (an older version's) is exported, but the
+    console warns and ``verification.json`` records ``logits_verified: false`` with the reason; with
+    them, the file records the figures of the check. Never silent."""
+    run = tmp_path / "run"
+    ckpt = _copy_checkpoint(tied_run, run)
+    shutil.copy(tied_run / "config.yaml", run / "config.yaml")
+    ok = _cli(run)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    verified = json.loads((run / "export" / "verification.json").read_text())
+    assert verified["logits_verified"] is True and verified["logits"]["failures"] == []
+    assert "not verified" not in ok.stderr and _sums_hold(run / "export")
+
+    (ckpt / "reference_logits.safetensors").unlink()
+    info = json.loads((ckpt / "complete.json").read_text())
+    del info["files"]["reference_logits.safetensors"]
+    (ckpt / "complete.json").write_text(json.dumps(info))
+    r = _cli(run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "WARNING: export not verified" in r.stderr and "reference_logits.safetensors" in r.stderr
+    record = json.loads((run / "export" / "verification.json").read_text())
+    assert record["logits_verified"] is False and "reference_logits.safetensors" in record["not_verified"]
+    assert "verification.json" in (run / "export" / "SHA256SUMS").read_text()
+
+
 def test_damaged_or_incomplete_checkpoint_is_refused_with_a_clear_message(tied_run, tokenizer, tmp_path):
     from omegaconf import OmegaConf
 

@@ -106,6 +106,57 @@ def test_plan_calibrated_from_the_run_predicts_its_time_per_step(quickstart):
     assert plan["hours_to_max_steps"] == pytest.approx(plan["step_seconds"] * 120 / 3600)
 
 
+def test_an_intermediate_checkpoint_keeps_reference_logits_and_its_export_checks_them(quickstart, tmp_path):
+    """Issue 20 item 3: every checkpoint (not only the final one) saves the reference logits, listed in
+    its complete.json, so exporting step 80 of 120 compares the export's logits with the model's."""
+    from llama3zh_dist.export import export_checkpoint
+    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
+
+    run_dir, _, _ = quickstart
+    ckpt = run_dir / "checkpoints" / "step_80"
+    assert "reference_logits.safetensors" in json.loads((ckpt / "complete.json").read_text())["files"]
+    s = export_checkpoint(ckpt, tmp_path / "export80", tokenizer=load_tokenizer(None), dtype="float32", workers=1)
+    assert s["verification"]["logits_verified"] is True and s["verification"]["logits"]["failures"] == []
+    assert json.loads((tmp_path / "export80" / "verification.json").read_text())["logits_verified"] is True
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 20 item 2, open: on 2 CPU ranks the calibrated prediction does not carry over to micro-batch 2 "
+    "(predicted 11.5 s/step from the quickstart's 5.9, measured 17.5: the step costs 3x for 2x the tokens); "
+    "strict, so a planner that gets it right turns this red until the marker is removed"))
+def test_plan_calibrated_on_the_quickstart_predicts_a_run_with_twice_the_micro_batch(quickstart, tmp_path):
+    """Issue 20 item 2: calibrating on the run it predicts is circular (any error in the FLOP formula
+    cancels). Calibrated on the quickstart (1 row of 512 tokens per rank and step), the plan predicts
+    a run with micro_batch_size=2 (twice the tokens and supervised tokens per step, same data) and
+    is compared with that run's measured time per step.
+
+    Tolerance 25%: the same-run prediction holds within 20% on this machine (step-to-step noise of a
+    shared CPU, start-up steps), plus what the formula misses between the shapes (per-step fixed
+    costs: the optimizer step and ZeRO-3 gathers do not double with the tokens). A formula that
+    mis-scales with the tokens per step (e.g. the rows of a step not counted) is off by 50% or more."""
+    import statistics
+
+    run_dir, overrides, _ = quickstart
+    other = tmp_path / "mb2"
+    changed = ["trainer.micro_batch_size=2", "trainer.global_batch_size=4", "trainer.max_steps=12",
+               "checkpoint.every_steps=0", "export.enabled=false", "logger.mode=disabled"]
+    args = [o for o in overrides if not o.startswith("run.dir=")] + [f"run.dir={other}", *changed]
+    train = _run(["-m", "llama3zh_dist", *args])
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
+
+    def seconds_per_step(run: Path) -> float:  # wall time from one step's record to the next, median
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return statistics.median(b["time"] - a["time"] for a, b in zip(records, records[1:]))
+
+    measured, calibrated = seconds_per_step(other), seconds_per_step(run_dir)
+
+    out = _run(["-m", "llama3zh_dist.plan", *args, f"plan.calibrate_from={run_dir}", "plan.format=json"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    predicted = json.loads(out.stdout)["step_seconds"]
+    print(f"calibration run {calibrated:.2f} s/step; micro-batch 2: predicted {predicted:.2f}, measured {measured:.2f}")
+    assert predicted == pytest.approx(measured, rel=0.25)
+
+
 def test_quickstart_console_shows_no_library_deprecation_noise(quickstart):
     _, _, log = quickstart
     assert "FutureWarning" not in log and "DeprecationWarning" not in log, log[:3000]

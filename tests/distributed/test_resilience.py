@@ -17,6 +17,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -379,3 +380,40 @@ def test_planted_api_keys_and_tokens_appear_nowhere_in_the_run_folder_or_its_log
         blob = p.read_bytes()
         for name, value in secrets.items():
             assert value.encode() not in blob, f"{name} leaked into {p}"
+
+
+# 10 -----------------------------------------------------------------------------------------------
+DROPOUT = (*COMMON, "+model.arch.attention_dropout=0.1")
+
+
+def test_resume_with_dropout_is_bit_exact_because_each_ranks_rng_state_is_restored(data_dir, tmp_path):
+    """Issue 20 item 4: with attention dropout on, every training step draws from the torch RNG, so a
+    resume equals the uninterrupted run only if each rank's RNG state is restored from the checkpoint.
+    The run resumed from step 4 matches the uninterrupted one step for step, in its final weights and
+    Adam state, and in the RNG states (python, numpy, torch) each rank saves at the end.
+
+    (The data order needs no RNG state: it is a pure function of the seed and the epoch, data/loader.py;
+    test_resume_is_bit_exact covers it.)"""
+    ref_dir = tmp_path / "uninterrupted"
+    rc, out = run(ref_dir, data_dir, *DROPOUT)
+    assert rc == 0, out[-4000:]
+    assert "attention_dropout: 0.1" in (ref_dir / "config.yaml").read_text()
+    ref = {m["step"]: m for m in metrics(ref_dir)}
+
+    # The same run as if it had died after the checkpoint of step 4: that checkpoint is the newest.
+    run_dir = _copy_run(ref_dir, tmp_path / "resumed")
+    (run_dir / "checkpoints" / f"step_{STEPS}" / "complete.json").unlink()
+    shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS}")
+    (run_dir / "checkpoints" / "latest").write_text(f"step_{STEPS - EVERY}\n")
+    rc, out = run(run_dir, data_dir, *DROPOUT, log_suffix="-rerun")
+    assert rc == 0, out[-4000:]
+    assert f"resumed from {run_dir}/checkpoints/step_{STEPS - EVERY} at step {STEPS - EVERY}" in out
+    _assert_same_curve(run_dir, ref, steps=range(STEPS - EVERY + 1, STEPS + 1))
+    final, ref_final = run_dir / "checkpoints" / f"step_{STEPS}", ref_dir / "checkpoints" / f"step_{STEPS}"
+    _assert_same_state(final, ref_final)
+    for rank in range(2):
+        got = torch.load(final / f"rng_state_rank{rank}.pt", weights_only=False)
+        want = torch.load(ref_final / f"rng_state_rank{rank}.pt", weights_only=False)
+        assert torch.equal(got["torch"], want["torch"]), f"rank {rank}: torch RNG state differs"
+        assert got["python"] == want["python"], f"rank {rank}: python RNG state differs"
+        assert all(np.array_equal(a, b) for a, b in zip(got["numpy"], want["numpy"])), f"rank {rank}: numpy RNG"

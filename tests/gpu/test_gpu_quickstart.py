@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch  # the README installs torch first: an error when missing, not a skip
 
-torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 ROOT = Path(__file__).resolve().parents[2]
 

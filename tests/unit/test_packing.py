@@ -69,7 +69,7 @@ def test_build_rows_concatenates_samples_and_restarts_positions():
 def test_packed_row_loss_equals_unpacked_per_sample_losses():
     """position_ids restarting per sample + the block-diagonal causal mask built from them (CPU/SDPA):
     the packed loss equals the token-weighted unpacked losses (fp32, 1e-5)."""
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
