@@ -37,9 +37,18 @@ overrides=("$@" "cluster.nodes=$NNODES" "cluster.nproc_per_node=$NPROC")
 
 # RANK/WORLD_SIZE from an outer launch would confuse the workers' rank assignment.
 unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE GROUP_RANK
+# One node: --standalone, where torchrun's agent binds port 0 for its store and holds it while the
+# workers run (never raced). Several: the agent on node 0 binds MASTER_PORT; a port held there ends
+# with torch's traceback after every node started, so say it here first, in one line.
 if ((NNODES == 1)); then
   rdzv=(--standalone)
 else
+  if ((NODE_RANK == 0)) && ! "$PYTHON" -c 'import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("", int(sys.argv[1])))' \
+      "$MASTER_PORT" 2>/dev/null; then
+    echo "error: rendezvous port $MASTER_PORT (MASTER_PORT=$MASTER_PORT) is already in use on this machine: set MASTER_PORT to a free port, the same on every node" >&2
+    exit 2
+  fi
   rdzv=(--nnodes="$NNODES" --node-rank="$NODE_RANK" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT")
 fi
 exec "$PYTHON" -m torch.distributed.run "${rdzv[@]}" --nproc-per-node="$NPROC" \

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
+from .schema.data import FORMATS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = Path(os.environ.get("LLAMA3ZH_CONF_DIR", PROJECT_ROOT / "conf"))
@@ -82,7 +83,7 @@ def _choose_group_message(group: str, overrides: list[str]) -> str:
     if group == "data":
         return ("no dataset chosen: " + " ".join(overrides) + " trains on the data you pick. Add "
                 "data=llama3_chinese_chat (the Chinese chat mixture, see conf/data/llama3_chinese_chat.yaml), "
-                "or data=files data.files=[a.jsonl,...] data.format=sharegpt|alpaca|zhihu|firefly|messages; "
+                f"or data=files data.files=[a.jsonl,...] data.format={'|'.join(FORMATS)}; "
                 f"configs in conf/data/: {', '.join(names)}")
     return f"{' '.join(overrides)} needs a choice for {group}: add {group}=<name> ({', '.join(names)})"
 

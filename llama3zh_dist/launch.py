@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from omegaconf import DictConfig
 from . import EXIT_REQUEUE
 from .errors import UserError
 from .fileio import atomic_write_text
+from .rendezvous import AGENT_STORE_ENV, await_port, hold_store, publish_port, requested_port
 
 FAILED_RANK_GRACE_S = 15  # surviving ranks get this long to exit on their own after a failure
 REQUEUE_GRACE_S = 120  # after a rank exits 75 the others are finishing the same save
@@ -88,22 +88,19 @@ def ensure_prepared_data(cfg: DictConfig, *, is_preparer: bool) -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
     """Start this node's ranks, forward signals, and return the job's exit code."""
     nodes, nproc = int(cfg.cluster.nodes), int(cfg.cluster.nproc_per_node)
     nrank = node_rank(cfg)
     master_addr = os.environ.get("MASTER_ADDR") or str(cfg.cluster.master_addr)
-    port = os.environ.get("MASTER_PORT") or str(cfg.cluster.master_port)
-    if port == "0":
+    # Node 0 holds the rendezvous store (bound once, kept until the ranks exit): see rendezvous.py.
+    store = None
+    if nrank == 0:
+        store, port = hold_store(master_addr, *requested_port(cfg.cluster.master_port))
         if nodes > 1:
-            raise UserError("cluster.master_port=0 (pick a free port) only works on one node; set MASTER_PORT")
-        port = str(free_port())
+            publish_port(cfg.run.dir, launch_id(), port)
+    else:
+        port = await_port(cfg.run.dir, launch_id(), float(cfg.cluster.prep_wait_minutes))
     base = dict(os.environ)
     # Unset knobs (null) are left to the site's environment rather than exported as "None".
     base.update({k: str(v) for k, v in (cfg.cluster.env or {}).items() if v is not None})
@@ -118,7 +115,7 @@ def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
         env.update({
             "RANK": str(nrank * nproc + local), "WORLD_SIZE": str(nodes * nproc), "LOCAL_RANK": str(local),
             "LOCAL_WORLD_SIZE": str(nproc), "NODE_RANK": str(nrank), "MASTER_ADDR": master_addr,
-            "MASTER_PORT": port, "LLAMA3ZH_DATA_DIR": str(data_dir),
+            "MASTER_PORT": str(port), "LLAMA3ZH_DATA_DIR": str(data_dir), **AGENT_STORE_ENV,
         })
         procs.append(subprocess.Popen([sys.executable, "-m", "llama3zh_dist", *argv], env=env,
                                       preexec_fn=_term_when_parent_dies))
@@ -130,7 +127,10 @@ def launch_local_ranks(cfg: DictConfig, argv: list[str], data_dir: Path) -> int:
 
     for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    return _wait(procs)
+    try:
+        return _wait(procs)
+    finally:
+        del store  # released only now: the ranks are gone
 
 
 def _term_when_parent_dies() -> None:

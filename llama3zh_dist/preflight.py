@@ -13,18 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from .batch import gradient_accumulation_steps, world_size_of
 from .config import load_config
 from .errors import UserError, exits_cleanly_on_user_error
 from .schema.model import ATTENTION
-
-
-def world_size_of(cfg: DictConfig) -> int:
-    return int(cfg.cluster.nodes) * int(cfg.cluster.nproc_per_node)
-
-
-def gradient_accumulation_steps(cfg: DictConfig, world_size: int | None = None) -> int:
-    world = world_size or world_size_of(cfg)
-    return int(cfg.trainer.global_batch_size) // (int(cfg.trainer.micro_batch_size) * world)
 
 
 def _model_path_problem(cfg: DictConfig) -> str | None:

@@ -42,6 +42,7 @@ from .model import build_model, init_untrained_token_rows, supervised_loss_sum, 
 from .pretrained import HostMemoryPeak, checkpoint_bytes
 from .quiet import silence_known_noise
 from .rank_guards import PreemptionSignals, Watchdog
+from .rendezvous import init_distributed
 
 log = logging.getLogger("llama3zh_dist")
 
@@ -71,7 +72,7 @@ class SFTRecipe:
         cfg = self.cfg
         self.device = training_device(cfg.cluster.device, self.local_rank)  # before NCCL starts
         timeout = datetime.timedelta(minutes=float(cfg.cluster.timeout_minutes))
-        deepspeed.init_distributed(dist_backend=cfg.cluster.backend, timeout=timeout)
+        init_distributed(cfg.cluster.backend, timeout)
         self.comm = Collectives(self.device)
         self._seed(int(cfg.trainer.seed) + self.rank)
         gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.cluster.nproc_per_node))

@@ -16,7 +16,9 @@
 #      A bad config fails here in seconds, exit 2, with the message in this job's output.
 #   2. Stops at once if the run folder says FINISHED (a stale requeue, or a rerun of a finished run).
 #   3. MASTER_ADDR = first host of the allocation, MASTER_PORT derived from the job id (and the
-#      restart count, so a requeued attempt never meets the previous one's sockets).
+#      restart count, so a requeued attempt never meets the previous one's sockets). It is a first
+#      choice: node 0's launcher binds and holds the rendezvous store, takes a free port instead when
+#      the derived one is held, and tells the other nodes through run.dir (llama3zh_dist/rendezvous.py).
 #   4. `srun` starts ONE launcher per node (`python -m llama3zh_dist`, launcher mode); each starts
 #      cluster.nproc_per_node local ranks (one per GPU) and takes its node rank from SLURM_NODEID.
 #      Why not one srun task per GPU: the launcher prepares data before any process group exists,
@@ -46,7 +48,8 @@
 # Environment knobs (all optional):
 #   LLAMA3ZH_HOME                 repository root (default: the submission folder)
 #   LLAMA3ZH_PYTHON               interpreter (default: $LLAMA3ZH_HOME/.venv/bin/python, else python3)
-#   LLAMA3ZH_MASTER_PORT          fixed rendezvous port instead of the one derived from the job id
+#   LLAMA3ZH_MASTER_PORT          fixed rendezvous port instead of the one derived from the job id (a
+#                                 held fixed port ends the job with one message instead of moving)
 #   LLAMA3ZH_MAX_STALLED          attempts without a new step before the chain stops (default 3)
 #   LLAMA3ZH_REQUEUE_ON_FAILURE=1 also requeue after a crash (not only after a preemption save)
 #   LLAMA3ZH_NO_REQUEUE=1         never requeue (the job just ends with 75 after a preemption save)
@@ -222,7 +225,9 @@ MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 [[ -n "$MASTER_ADDR" ]] || fail "cannot read the allocation's hosts (scontrol show hostnames)" 1
 if [[ -n "${LLAMA3ZH_MASTER_PORT:-}" ]]; then
   MASTER_PORT=$LLAMA3ZH_MASTER_PORT
+  LLAMA3ZH_MASTER_PORT_SOURCE=LLAMA3ZH_MASTER_PORT   # named in the launcher's message if it is held
 else
+  LLAMA3ZH_MASTER_PORT_SOURCE=any   # a first choice: the launcher on node 0 moves to a free port if held
   # 10000-29999: below the usual ephemeral range (32768+), distinct for concurrent jobs and attempts.
   MASTER_PORT=$((10000 + (SLURM_JOB_ID % 5000) * 4 + ATTEMPT % 4))
   # The batch script usually runs on the first node: skip a port something there already holds.
@@ -234,7 +239,7 @@ else
     done
   fi
 fi
-export MASTER_ADDR MASTER_PORT
+export MASTER_ADDR MASTER_PORT LLAMA3ZH_MASTER_PORT_SOURCE
 say "rendezvous $MASTER_ADDR:$MASTER_PORT"
 
 # CPUs per launcher: the whole node's allocation (srun does not inherit sbatch's cpus-per-task in

@@ -20,8 +20,40 @@ _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 _MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 
 
+# Reject reasons: the one vocabulary. Validation reasons count towards data.max_reject_fraction;
+# filter reasons (cleaning and mixture decisions) are recorded the same way but do not. A reason in
+# neither would be recorded but counted nowhere, so making one is refused at once (check_reason).
+VALIDATION_REASONS = (
+    "bad_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "unknown_role",
+    "wrong_role_order",
+    "empty_turn",
+    "no_assistant_turn",
+    "too_long",
+    "no_supervised_tokens",
+    "non_text_content",
+    "tool_call_role",
+)
+FILTER_REASONS = ("refusal", "duplicate", "near_duplicate", "downsampled")
+
+
+def check_reason(reason: str) -> str:
+    """``reason``, if it is in the vocabulary; a new reason must be added to one of the two lists."""
+    if reason not in VALIDATION_REASONS and reason not in FILTER_REASONS:
+        raise ValueError(
+            f"reject reason {reason!r} is not in VALIDATION_REASONS or FILTER_REASONS "
+            "(llama3zh_dist/data/formats.py): add it to VALIDATION_REASONS if it should count towards "
+            "data.max_reject_fraction, else to FILTER_REASONS"
+        )
+    return reason
+
+
 class Reject(Exception):
     def __init__(self, reason: str, detail: str = ""):
+        check_reason(reason)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -84,6 +116,7 @@ def _role(name: str, own: dict, spec: SourceSpec, ctx: dict, where: str) -> str:
 
 
 def _conv_sharegpt(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
+    """``conversations`` of ``{"from", "value"}`` (human/user, gpt/assistant, system), optional ``system``."""
     turns = _list_field(obj, "conversations")
     msgs = []
     sys_ = _str_field(obj, "system", required=False)
@@ -101,6 +134,7 @@ def _conv_sharegpt(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
 
 
 def _conv_alpaca(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
+    """``instruction``, optional ``input``, ``output``, optional ``system`` and ``history`` ([[q, a], ...])."""
     instruction = _str_field(obj, "instruction")
     inp = _str_field(obj, "input", required=False) or ""
     output = _str_field(obj, "output")
@@ -124,6 +158,7 @@ def _conv_alpaca(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
 
 
 def _conv_zhihu(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
+    """Zhihu-KOL ``INSTRUCTION`` / ``RESPONSE``."""
     return [
         {"role": "user", "content": _str_field(obj, "INSTRUCTION")},
         {"role": "assistant", "content": _str_field(obj, "RESPONSE")},
@@ -131,6 +166,7 @@ def _conv_zhihu(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
 
 
 def _conv_firefly(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
+    """``conversation`` of ``{"human", "assistant"}``, optional ``system`` (or Firefly-1.1M ``input``/``target``)."""
     msgs = []
     sys_ = _str_field(obj, "system", required=False)
     if sys_ and sys_.strip():
@@ -156,6 +192,7 @@ def _conv_firefly(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
 
 
 def _conv_messages(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
+    """OpenAI ``messages`` of ``{"role", "content"}``."""
     turns = _list_field(obj, "messages")
     msgs = []
     for i, t in enumerate(turns):
@@ -174,6 +211,9 @@ class _Fields(dict):
 
 
 def _conv_columns(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
+    """any column mapping: ``columns: {user: title, assistant: content, system: null, id: null}`` and an
+    optional ``prompt_template`` (``str.format`` over the row's fields) that builds the user turn, e.g.
+    ``"请以小红书的风格，为标题《{title}》写一篇笔记。"``."""
     cols = spec.columns or {}
     msgs = []
     if cols.get("system"):
@@ -201,6 +241,8 @@ def _conv_columns(obj: dict, spec: SourceSpec, ctx: dict) -> list[dict]:
     return msgs
 
 
+# The registry of formats (``format:`` of a source): name -> converter, whose docstring describes the
+# rows it reads. ``schema/data.py`` FORMATS names the same formats for config checks (tested equal).
 _CONVERTERS = {
     "sharegpt": _conv_sharegpt,
     "alpaca": _conv_alpaca,

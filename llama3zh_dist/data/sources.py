@@ -1,16 +1,8 @@
 """Sources: where rows come from (files, globs, Hub datasets) and how each format maps to the
 canonical conversation ``{"id", "source", "messages": [{"role", "content"}, ...]}``.
 
-Formats (``format:`` of a source in ``conf/data/*.yaml``):
-
-- ``sharegpt``: ``conversations`` of ``{"from", "value"}`` (human/user, gpt/assistant, system), optional ``system``
-- ``alpaca``: ``instruction``, optional ``input``, ``output``, optional ``system`` and ``history`` ([[q, a], ...])
-- ``zhihu``: Zhihu-KOL ``INSTRUCTION`` / ``RESPONSE``
-- ``firefly``: ``conversation`` of ``{"human", "assistant"}``, optional ``system`` (or Firefly-1.1M ``input``/``target``)
-- ``messages``: OpenAI ``messages`` of ``{"role", "content"}``
-- ``columns``: any column mapping: ``columns: {user: title, assistant: content, system: null, id: null}`` and an
-  optional ``prompt_template`` (``str.format`` over the row's fields) that builds the user turn, e.g.
-  ``"请以小红书的风格，为标题《{title}》写一篇笔记。"``
+Formats (``format:`` of a source in ``conf/data/*.yaml``): the converters registered in
+:mod:`llama3zh_dist.data.formats` (``_CONVERTERS``), each documented by its docstring.
 
 Conversion never raises: a row that cannot be converted gets a :class:`Reject` with a reason.
 """
@@ -26,28 +18,13 @@ from typing import Any, Iterator
 from ..errors import UserError
 from ..schema.data import FORMATS  # the one list: the schema checks data.format against it
 from .readers import iter_records
-from .formats import Reject, to_messages, validate_messages  # noqa: F401  (the conversion API, re-exported)
+from .formats import (  # noqa: F401  (the conversion API and the reject vocabulary, re-exported)
+    FILTER_REASONS, VALIDATION_REASONS, Reject, to_messages, validate_messages,
+)
 from .source_spec import SourceSpec
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
-# Reject reasons. Validation reasons count towards data.max_reject_fraction; filter reasons
-# (cleaning and mixture decisions) are recorded the same way but do not.
-VALIDATION_REASONS = (
-    "bad_json",
-    "not_an_object",
-    "missing_field",
-    "wrong_type",
-    "unknown_role",
-    "wrong_role_order",
-    "empty_turn",
-    "no_assistant_turn",
-    "too_long",
-    "no_supervised_tokens",
-    "non_text_content",
-    "tool_call_role",
-)
-FILTER_REASONS = ("refusal", "duplicate", "near_duplicate", "downsampled")
 
 # ---------------------------------------------------------------- config -> specs
 def repo_root() -> Path:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .formats import check_reason
 from .spill import Rows
 
 # detail templates of the rejections the driver makes; {ref} is the id of the row repeated
@@ -41,6 +42,7 @@ class Verdicts:
 
     def code(self, reason: str) -> int:
         if reason not in self.reasons:
+            check_reason(reason)  # a reason outside the vocabulary would count towards nothing
             self.reasons.append(reason)
         return self.reasons.index(reason)
 

@@ -20,7 +20,7 @@ class ClusterConfig:
     """nccl on GPU, gloo on CPU."""
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-    """0 = pick a free port (single node only)."""
+    """0 = any free port: node 0's launcher binds and holds it, and tells the other nodes (rendezvous.py)."""
     timeout_minutes: float = 30
     """Collective timeout: a rank that stops answering ends the job instead of hanging it."""
     prep_wait_minutes: float = 120
@@ -28,7 +28,8 @@ class ClusterConfig:
     env: Dict[str, Any] = field(default_factory=dict)
     """Extra environment for every rank (NCCL_* knobs, ...)."""
     gpu: Optional[str] = None
-    """The GPU model to plan for where none is attached (H100-SXM, H200, A100-80GB, ...; null = the attached one)."""
+    """The GPU model to plan for where none is attached: a name of the table in ``gpus.py``, e.g. H100-SXM
+    (a wrong one is answered with the list); null = the attached one."""
 
     def __post_init__(self):
         require(self.nodes >= 1, "nodes", self.nodes, "a job runs on at least one node")

@@ -43,6 +43,26 @@ def test_torchrun_local_bad_config_fails_before_torchrun(tmp_path: Path):
     assert "error: trainer.global_batch_size=3" in out.stderr and "torch.distributed" not in out.stderr
 
 
+def test_torchrun_local_held_master_port_fails_with_one_line(tmp_path: Path):
+    """Several nodes: node 0's MASTER_PORT held by another process ends in one message naming
+    MASTER_PORT before torchrun starts (one node uses --standalone: torchrun binds port 0 itself)."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**os.environ, "NPROC": "1", "NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "LLAMA3ZH_PYTHON": sys.executable}
+        out = subprocess.run(
+            ["bash", str(REPO / "launchers" / "torchrun_local.sh"), "+experiment=quickstart", f"run.dir={tmp_path}/run"],
+            cwd=REPO, env=env, capture_output=True, text=True,
+        )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"error: rendezvous port {port} (MASTER_PORT={port}) is already in use" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 @pytest.mark.slurm
 def test_slurm_ray_cluster_runs_a_command_against_its_cluster(tmp_path: Path):
     require_cluster()

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from llama3zh_dist.batch import gradient_accumulation_steps, world_size_of
 from llama3zh_dist.config import CONF_DIR, load_config
 from llama3zh_dist.deepspeed_config import build_deepspeed_config
 from llama3zh_dist.errors import UserError
-from llama3zh_dist.preflight import gradient_accumulation_steps, problems, world_size_of
+from llama3zh_dist.preflight import problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
