@@ -4,7 +4,7 @@
 
 For 8B on one node and 70B on 8 nodes of H100-SXM, prints side by side the plan with the defaults
 every run used before (``deepspeed.reduce_dtype=fp32``, ``model.gradient_checkpointing=every_layer``)
-and with ``auto`` (plan/choices.py): reduce dtype, checkpointing, per-GPU peak, predicted step time,
+and with ``auto`` (throughput.py, plan.checkpointing_choice): reduce dtype, checkpointing, per-GPU peak, predicted step time,
 then one JSON line. These are the planner's predictions (assumed MFU, table bandwidths), not
 measurements: ``plan.calibrate_from`` replaces the MFU with a measured one once a GPU run exists.
 """

@@ -116,9 +116,9 @@ def _precision(cfg: DictConfig, world_size: int, gpus_per_node: int) -> dict[str
         # so adding 4-8 micro-batch gradients (and tiny late-training updates) in bf16 rounds
         # away a large part of each. (DeepSpeed's default is the model dtype.)
         out["data_types"] = {"grad_accum_dtype": "fp32"}
-        # The reduce-scatter dtype is a separate choice, by topology unless given (plan/choices.py:
+        # The reduce-scatter dtype is a separate choice, by topology unless given (throughput.py, plan.checkpointing_choice:
         # bf16 across nodes, fp32 inside one; the precision trade-off is stated there).
-        from .plan.choices import reduce_dtype_choice  # plan imports this module
+        from .throughput import reduce_dtype_choice
 
         out["communication_data_type"] = DS_DTYPE[reduce_dtype_choice(cfg, world_size, gpus_per_node).value]
     return out

@@ -68,25 +68,15 @@ def build_model(cfg: DictConfig, ds_config: dict, checkpointing: str | None = No
             trust_remote_code=bool(cfg.model.trust_remote_code),
         )
     model.config.use_cache = False
-    if checkpointing is None:
-        checkpointing = resolved_checkpointing(cfg, ds_config, model.config)
+    if checkpointing is None:  # callers resolve ``auto`` first (plan.resolved_checkpointing, as train.py does)
+        checkpointing = cfg.model.gradient_checkpointing
+        if str(checkpointing) == "auto":
+            raise ValueError("build_model: model.gradient_checkpointing=auto must be resolved by the caller "
+                             "(plan.resolved_checkpointing); the model layer does not plan")
     enable_checkpointing(model, checkpointing)
     model._llama3zh_hf_ds = hf_ds
     model._llama3zh_attention = f"{attn} ({why})"  # printed by the trainer with the model's size
     return model
-
-
-def resolved_checkpointing(cfg: DictConfig, ds_config: dict, hf_config) -> str:
-    """``model.gradient_checkpointing``, with ``auto`` resolved as the plan resolves it."""
-    import os
-
-    import torch.distributed as dist
-
-    from .flops import ModelShape
-    from .plan.choices import checkpointing_choice
-
-    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
-    return checkpointing_choice(cfg, ModelShape.from_config(hf_config), ds_config, world).value
 
 
 def enable_checkpointing(model, granularity) -> list[bool]:
@@ -98,7 +88,7 @@ def enable_checkpointing(model, granularity) -> list[bool]:
     back off here."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from .plan.choices import checkpoint_interval
+    from .throughput import checkpoint_interval
 
     n = checkpoint_interval(granularity)
     if n:

@@ -140,7 +140,7 @@ class SFTRecipe:
     def _say_throughput_choices(self, model_config, gpus_per_node: int) -> str:
         """The planner's reduce dtype (already in ds_config) and checkpointing granularity, said once."""
         from .flops import ModelShape
-        from .plan.choices import checkpointing_choice, reduce_dtype_choice
+        from .plan import checkpointing_choice, reduce_dtype_choice
 
         reduce = reduce_dtype_choice(self.cfg, self.world_size, gpus_per_node)
         ckpt = checkpointing_choice(self.cfg, ModelShape.from_config(model_config), self.ds_config, self.world_size)

@@ -16,7 +16,8 @@ from ..deepspeed_config import build_deepspeed_config
 from ..loss import CHUNK_TOKENS
 from ..errors import UserError
 from ..gpus import GPU, attached_gpu, by_name, known_names
-from .choices import checkpointed_layers, checkpointing_choice, reduce_dtype_choice
+from ..flops import ModelShape
+from ..throughput import CHECKPOINTING, Choice, checkpointed_layers, checkpointing_name, reduce_dtype_choice
 from .memory import DTYPE_BYTES, GIB, ZeroSettings, activations, loss_buffer, model_states, zero_buffers
 from .shapes import model_shape
 from .timing import calibration, data_stats, step_time
@@ -193,3 +194,53 @@ def memory_problem(cfg: DictConfig) -> str | None:
     lines += ["    " + f for f in fixes]
     lines.append("  (plan.check=false skips this check)")
     return "\n".join(lines)
+
+
+# -- gradient-checkpointing granularity ------------------------------------------------------------
+def checkpointing_choice(cfg: DictConfig, shape: ModelShape, ds: dict, world: int) -> Choice:
+    """The fastest granularity whose predicted peak fits the GPU less ``plan.memory_margin``.
+
+    Recomputing fewer layers saves compute, but a step bound by ZeRO-3 traffic gains nothing from
+    it: among the granularities that fit, the one with the least predicted step time, and of those
+    within 1% of it the one that recomputes most (most memory left). Without a known GPU peak the
+    fastest is the one that recomputes least."""
+    given = cfg.model.get("gradient_checkpointing", "auto")
+    if str(given) != "auto":
+        return Choice(checkpointing_name(given), "model.gradient_checkpointing given", False)
+    from ..data.settings import resolve_out_dir
+
+    gpu = plan_gpu(cfg)
+    if gpu is None:
+        return Choice("none", "no GPU memory to plan against (CPU run): no recomputation", True)
+    margin = float(cfg.plan.get("memory_margin", 0.1))
+    limit = gpu.memory_bytes * (1 - margin)
+    stats = data_stats(cfg, resolve_out_dir(cfg))
+    fitting, tried = [], []
+    for name in CHECKPOINTING:
+        c = with_overrides(cfg, {"model.gradient_checkpointing": name})
+        total = memory(c, shape, ds, gpu, world)["per_gpu_bytes"]["total"]
+        seconds = step_time(c, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=None,
+                            checkpointed=checkpointed_layers(name, shape.num_hidden_layers))["step_seconds"]
+        tried.append(f"{name} {total / 2**30:.1f} GiB" + (f" {seconds:.2f} s" if seconds else ""))
+        if total <= limit:
+            fitting.append((name, seconds))
+    where = f"limit {limit / 2**30:.1f} GiB ({gpu.name} less plan.memory_margin={margin:g}): " + ", ".join(tried)
+    if not fitting:
+        return Choice(CHECKPOINTING[0], f"none fits, this needs least; {where}", True)
+    if any(sec is None for _, sec in fitting):  # no GPU peak: recomputing less is faster
+        return Choice(fitting[-1][0], f"recomputes least of those that fit; {where}", True)
+    best = min(sec for _, sec in fitting)
+    name = next(n for n, sec in fitting if sec <= best * 1.01)
+    why = ("fastest that fits" if name == fitting[-1][0] else
+           "as fast as recomputing less (the step waits for ZeRO-3 traffic) and leaves more memory free")
+    return Choice(name, f"{why}; {where}", True)
+
+
+def resolved_checkpointing(cfg: DictConfig, ds_config: dict, hf_config) -> str:
+    """``model.gradient_checkpointing``, with ``auto`` resolved as the plan resolves it."""
+    import os
+
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    return checkpointing_choice(cfg, ModelShape.from_config(hf_config), ds_config, world).value

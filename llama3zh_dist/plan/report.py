@@ -37,7 +37,7 @@ def breakdown_lines(plan: dict) -> list[str]:
 
 
 def choice_lines(choices: dict) -> list[str]:
-    """The throughput settings (plan/choices.py): the value, and who chose it and why."""
+    """The throughput settings (throughput.py, plan.checkpointing_choice): the value, and who chose it and why."""
     names = {"reduce_dtype": "deepspeed.reduce_dtype", "gradient_checkpointing": "model.gradient_checkpointing"}
     return [f"{names.get(k, k)}={c['value']}  ({'auto: ' if c['picked'] else ''}{c['reason']})" for k, c in choices.items()]
 

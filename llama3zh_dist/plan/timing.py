@@ -101,7 +101,7 @@ def step_time(cfg, shape: ModelShape, ds: dict, *, world: int, gpu, stats: DataS
     the MFU with every layer checkpointed (how the usual 8B/70B figures are measured); the GPU
     runs the recomputation at the same hardware rate, so recomputing fewer layers takes less time.
     A calibrated MFU is used as measured."""
-    from .choices import recompute_flops
+    from ..throughput import recompute_flops
 
     rows = int(cfg.trainer.global_batch_size)
     tokens = rows * stats.tokens_per_row

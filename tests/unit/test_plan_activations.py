@@ -37,7 +37,7 @@ def _model(arch: dict, checkpointing: bool):
 
 
 def _checkpointed(checkpointing, shape) -> int | bool:
-    from llama3zh_dist.plan.choices import checkpointed_layers
+    from llama3zh_dist.throughput import checkpointed_layers
 
     return checkpointing if isinstance(checkpointing, bool) else checkpointed_layers(checkpointing, shape.num_hidden_layers)
 

@@ -1,4 +1,4 @@
-"""The planner's throughput defaults (plan/choices.py): gradient reduce dtype by topology and the
+"""The planner's throughput defaults (throughput.py, plan.checkpointing_choice): gradient reduce dtype by topology and the
 fastest gradient-checkpointing granularity that fits; the plan says which and why, an explicit value
 wins, and the choice reaches the generated DeepSpeed JSON and the model that trains."""
 
@@ -134,8 +134,8 @@ def test_checkpointing_does_not_change_the_gradients():
 def test_build_model_resolves_auto_as_the_plan_does():
     """The ranks resolve ``auto`` with the same function and the same inputs as the plan."""
     from llama3zh_dist.flops import ModelShape
-    from llama3zh_dist.model import resolved_checkpointing
-    from llama3zh_dist.plan.choices import checkpointing_choice
+    from llama3zh_dist.plan import resolved_checkpointing
+    from llama3zh_dist.plan import checkpointing_choice
     from llama3zh_dist.plan.shapes import model_shape
 
     cfg = load_config(B8)

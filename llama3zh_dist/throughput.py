@@ -1,4 +1,5 @@
-"""Throughput defaults picked by the planner where the config says ``auto``.
+"""Throughput settings the planner resolves where the config says ``auto``: their names, and the
+rules that need no memory estimate.
 
 Two settings trade speed against memory or precision and have one best value per run shape:
 
@@ -8,7 +9,8 @@ Two settings trade speed against memory or precision and have one best value per
 
 The plan prints the choice and its reason; the generated DeepSpeed JSON (``deepspeed_config.py``)
 and the model build (``model.py``) call the same functions, so what the plan says is what runs.
-An explicit value always wins.
+An explicit value always wins. This module sits below ``deepspeed_config`` and ``plan`` (both use
+it); the checkpointing choice, which needs the plan's memory estimate, is ``plan.checkpointing_choice``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from ..flops import ModelShape, step_flops
+from .flops import ModelShape, step_flops
 
 # Least memory (most recomputation) first: the fallback when nothing faster fits.
 CHECKPOINTING = ("every_layer", "every_second_layer", "none")
@@ -80,45 +82,3 @@ def reduce_dtype_choice(cfg: DictConfig, world: int, gpus_per_node: int) -> Choi
                               "halves the traffic (accumulation stays fp32)", True)
     return Choice("fp32", "one node: the reduce stays on NVLink, where overlap_comm hides it behind the "
                           "backward; fp32 keeps the sum exact", True)
-
-
-# -- gradient-checkpointing granularity ------------------------------------------------------------
-def checkpointing_choice(cfg: DictConfig, shape: ModelShape, ds: dict, world: int) -> Choice:
-    """The fastest granularity whose predicted peak fits the GPU less ``plan.memory_margin``.
-
-    Recomputing fewer layers saves compute, but a step bound by ZeRO-3 traffic gains nothing from
-    it: among the granularities that fit, the one with the least predicted step time, and of those
-    within 1% of it the one that recomputes most (most memory left). Without a known GPU peak the
-    fastest is the one that recomputes least."""
-    given = cfg.model.get("gradient_checkpointing", "auto")
-    if str(given) != "auto":
-        return Choice(checkpointing_name(given), "model.gradient_checkpointing given", False)
-    from ..data.settings import resolve_out_dir
-    from . import memory, plan_gpu, with_overrides  # plan/__init__ imports this module
-    from .timing import data_stats, step_time
-
-    gpu = plan_gpu(cfg)
-    if gpu is None:
-        return Choice("none", "no GPU memory to plan against (CPU run): no recomputation", True)
-    margin = float(cfg.plan.get("memory_margin", 0.1))
-    limit = gpu.memory_bytes * (1 - margin)
-    stats = data_stats(cfg, resolve_out_dir(cfg))
-    fitting, tried = [], []
-    for name in CHECKPOINTING:
-        c = with_overrides(cfg, {"model.gradient_checkpointing": name})
-        total = memory(c, shape, ds, gpu, world)["per_gpu_bytes"]["total"]
-        seconds = step_time(c, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=None,
-                            checkpointed=checkpointed_layers(name, shape.num_hidden_layers))["step_seconds"]
-        tried.append(f"{name} {total / 2**30:.1f} GiB" + (f" {seconds:.2f} s" if seconds else ""))
-        if total <= limit:
-            fitting.append((name, seconds))
-    where = f"limit {limit / 2**30:.1f} GiB ({gpu.name} less plan.memory_margin={margin:g}): " + ", ".join(tried)
-    if not fitting:
-        return Choice(CHECKPOINTING[0], f"none fits, this needs least; {where}", True)
-    if any(sec is None for _, sec in fitting):  # no GPU peak: recomputing less is faster
-        return Choice(fitting[-1][0], f"recomputes least of those that fit; {where}", True)
-    best = min(sec for _, sec in fitting)
-    name = next(n for n, sec in fitting if sec <= best * 1.01)
-    why = ("fastest that fits" if name == fitting[-1][0] else
-           "as fast as recomputing less (the step waits for ZeRO-3 traffic) and leaves more memory free")
-    return Choice(name, f"{why}; {where}", True)
