@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import re
 
 import numpy as np
 import torch
@@ -101,15 +102,25 @@ def _tokenizer_metadata(export_dir: pathlib.Path) -> dict:
         tokens[i] = text
         types[i] = gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return {"tokens": tokens, "types": types, "merges": merges, "vocab": vocab}
+    tc = export_dir / "tokenizer_config.json"
+    add_bos = bool(json.loads(tc.read_text()).get("add_bos_token", False)) if tc.is_file() else False
+    return {"tokens": tokens, "types": types, "merges": merges, "vocab": vocab, "add_bos": add_bos}
+
+
+_GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 
 
 def _chat_template(export_dir: pathlib.Path) -> str | None:
+    """The export's chat template without ``{% generation %}`` / ``{% endgeneration %}``: those mark the
+    assistant tokens for ``transformers``' ``return_assistant_tokens_mask`` only (they render nothing),
+    and are unknown to plain Jinja2 (llama-cpp-python) and llama.cpp's own template engine."""
     jinja = export_dir / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text()
-    tc = export_dir / "tokenizer_config.json"
-    return json.loads(tc.read_text()).get("chat_template") if tc.is_file() else None
+        text = jinja.read_text()
+    else:
+        tc = export_dir / "tokenizer_config.json"
+        text = json.loads(tc.read_text()).get("chat_template") if tc.is_file() else None
+    return _GENERATION_TAGS.sub("", text) if isinstance(text, str) else None
 
 
 # --------------------------------------------------------------------------------------------- tensors
@@ -131,12 +142,17 @@ def _shard_of(export_dir: pathlib.Path) -> dict[str, str]:
         r.close()
 
 
+def _rope_theta(cfg: dict) -> float:
+    """transformers 5 keeps it in ``rope_parameters``, 4.x at the top level."""
+    return float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
+
+
 def _rope_factors(cfg: dict) -> np.ndarray | None:
     """Llama 3.1-style rope scaling as llama.cpp's converter writes it (``rope_freqs.weight``)."""
-    rs = cfg.get("rope_scaling") or {}
+    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     if str(rs.get("rope_type", rs.get("type", ""))).lower() != "llama3":
         return None
-    base = cfg.get("rope_theta", 10000.0)
+    base = _rope_theta(cfg)
     dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     factor, lo, hi = rs.get("factor", 8.0), rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
@@ -284,6 +300,8 @@ def _append_tensor(w, name: str, blocks) -> None:
 
 
 def _add_metadata(w, cfg: dict, tok: dict, template: str | None, qtype: str, name: str) -> None:
+    import gguf
+
     from llama3zh_dist.llama3.tokens import BOS, EOT, PAD
 
     _, file_type = _ggml_types(qtype)
@@ -296,19 +314,19 @@ def _add_metadata(w, cfg: dict, tok: dict, template: str | None, qtype: str, nam
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(heads)
     w.add_head_count_kv(cfg.get("num_key_value_heads") or heads)
-    w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+    w.add_rope_freq_base(_rope_theta(cfg))
     w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
     w.add_vocab_size(len(tok["tokens"]))
     w.add_rope_dimension_count(head_dim)
-    if head_dim * heads != cfg["hidden_size"]:
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
     w.add_file_type(file_type)
-    if qtype == "q8_0":
-        import gguf
-
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_tokenizer_model("gpt2")
+    # llama-bpe: Llama 3's split pattern with whole-word lookup first (ignore_merges, as tiktoken and
+    # our tokenizer.json do). llama.cpp's converter guesses "smaug-bpe" for this tokenizer only because
+    # its fingerprint expects a BOS that our tokenizer.json does not add; smaug-bpe applies merges to
+    # whole words, which can split a word differently.
     w.add_tokenizer_pre("llama-bpe")
     w.add_token_list(tok["tokens"])
     w.add_token_types(tok["types"])
@@ -322,6 +340,6 @@ def _add_metadata(w, cfg: dict, tok: dict, template: str | None, qtype: str, nam
     w.add_eos_token_id(vocab[EOT])
     w.add_eot_token_id(vocab[EOT])
     w.add_pad_token_id(vocab[PAD])
-    w.add_add_bos_token(True)
+    w.add_add_bos_token(bool(tok["add_bos"]))  # as the HF tokenizer: the chat template writes the BOS
     if template:
         w.add_chat_template(template)
