@@ -145,15 +145,16 @@ def _data_section(report: dict | None) -> list[str]:
 def _training_section(cfg: dict, t: dict) -> list[str]:
     tr, cl, data = cfg.get("trainer") or {}, cfg.get("cluster") or {}, cfg.get("data") or {}
     nodes = cl.get("nodes", 1)
-    per_node = cl.get("gpus_per_node", "?")
+    per_node = cl.get("nproc_per_node", "?")
+    device = "GPUs" if str(cl.get("device", "cuda")) != "cpu" else "CPU ranks"
     rows = [("optimizer steps", _fmt_int(t["steps"])), ("tokens trained", _fmt_int(t["tokens"])),
             ("supervised tokens", _fmt_int(t["supervised_tokens"])),
             ("global batch", f"{tr.get('global_batch_size')} rows x {data.get('max_seq_len')} tokens "
                              f"(micro-batch {tr.get('micro_batch_size')})"),
             ("learning rate", f"{tr.get('lr')} peak, {tr.get('warmup_ratio')} warm-up, "
-                              f"{tr.get('lr_schedule', tr.get('scheduler', 'cosine'))} to "
+                              "cosine decay to "
                               f"{tr.get('min_lr_ratio')} x peak"),
-            ("nodes x GPUs", f"{nodes} x {per_node} ({t.get('world_size', '?')} ranks, ZeRO-3)"),
+            ("nodes x GPUs", f"{nodes} x {per_node} {device} ({t.get('world_size', '?')} ranks, ZeRO-3)"),
             ("wall time", f"{t['wall_seconds'] / 3600:.2f} h ({t['wall_seconds']:.0f} s)" if "wall_seconds" in t else "-")]
     if "final_val_loss" in t:
         rows += [("final validation loss", f"{t['final_val_loss']:.4f}"),
@@ -167,7 +168,7 @@ def _pct(v) -> str:
 
 def _eval_section(evals: dict) -> list[str]:
     if not evals:
-        return ["Not evaluated yet: `python -m llama3zh_dist.eval run.dir=<run>` adds the scores here."]
+        return ["Not evaluated yet: `python -m llama3zh_dist.eval run.dir=<run>` adds the scores here.", ""]
     lines = []
     for where, e in evals.items():
         lines += [f"`eval/{where}/results.json`:", "", "| benchmark | category | accuracy (%) | n |", "|---|---|---:|---:|"]
