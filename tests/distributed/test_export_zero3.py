@@ -261,22 +261,22 @@ def _memprobe(warm: pathlib.Path, ckpt: pathlib.Path, out: pathlib.Path, shard: 
 
 
 # What the design promises to hold besides one tensor (export/core.py): each of the 4 writer threads one
-# piece (CHUNK_ELEMENTS fp32 pages read + the cast copy, 12 MB in bf16), each of 4 read-back threads
-# one READ_CHUNK (8 MB), and a fixed part for the same for any model size (the 128k-token tokenizer.json
-# parsed by the check, allocator slack). Nothing scales with the shard size or the model size.
-from llama3zh_dist.export.writer import CHUNK_ELEMENTS, READ_CHUNK  # noqa: E402
+# piece (CHUNK_ELEMENTS fp32 pages read + the cast copy: 12 MB in bf16), and a fixed part, the same for
+# any model size (read-back buffers, the 128k-token tokenizer.json parsed by the check, allocator
+# slack). Nothing scales with the shard size or the number of tensors. Measured here: ~74 MiB in all.
+from llama3zh_dist.export.writer import CHUNK_ELEMENTS  # noqa: E402
 
-PIECES = 4 * CHUNK_ELEMENTS * (4 + 2) + 4 * READ_CHUNK
-FIXED_OVERHEAD = 48 * 2**20
-BUFFER = PIECES + FIXED_OVERHEAD
+PIECES = 4 * CHUNK_ELEMENTS * (4 + 2)
+FIXED_OVERHEAD = 40 * 2**20
+BUFFER = PIECES + FIXED_OVERHEAD  # 88 MiB
 
 
 @pytest.fixture(scope="module")
 def big_run(tmp_path_factory):
-    """~48M parameters whose largest tensors (32000 x 512 embeddings, untied) are 65 MB in fp32: large
-    enough that holding one more of them is seen above the buffer."""
+    """~95M parameters (364 MiB fp32) whose largest tensors (32000 x 512 embeddings, untied) are 62.5 MiB
+    in fp32: large enough that a hold of two of them stands out above the buffer's slack."""
     run = tmp_path_factory.mktemp("big") / "run"
-    make_zero3_checkpoint(run, vocab=32000, hidden=512, intermediate=2048, layers=4, heads=8, kv_heads=4, steps=1)
+    make_zero3_checkpoint(run, vocab=32000, hidden=512, intermediate=2048, layers=16, heads=8, kv_heads=4, steps=1)
     return run
 
 
@@ -289,8 +289,8 @@ def test_peak_memory_is_one_tensor_plus_a_fixed_buffer_and_a_larger_hold_exceeds
     bound = m["largest_tensor_fp32"] + BUFFER
     print({"growth_MiB": growth / 2**20, "bound_MiB": bound / 2**20, "total_fp32_MiB": m["total_fp32"] / 2**20})
     assert growth <= bound, m
-    # the bound means something: a quarter of the model's fp32 weights does not fit in it ...
-    assert bound < m["total_fp32"] / 4 and m["shards"] > 4
+    # the bound means something: half of the model's fp32 weights does not fit in it ...
+    assert bound < m["total_fp32"] / 2 and m["shards"] > 4
     # ... and an export that held more than one whole tensor (a writer assembling the largest tensor in
     # fp32 and keeping a second one, instead of streaming pieces) is caught
     held = _memprobe(small, big, tmp_path / "export-held", shard, hold=2 * m["largest_tensor_fp32"])
