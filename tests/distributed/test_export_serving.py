@@ -109,6 +109,12 @@ def test_gguf_files_are_listed_in_sha256sums_and_equal_llama_cpps_converter(with
         assert ours[name][0] == kind and (ours[name][1] == data).all(), name
 
 
+@pytest.fixture(scope="module")
+def hf_greedy(with_gguf):
+    """(tokenizer, [(prompt ids, greedy continuation)]) of the Hugging Face export, for the 5 prompts."""
+    return _hf_greedy(with_gguf)
+
+
 def _hf_greedy(export: pathlib.Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -146,8 +152,8 @@ def _cpp_greedy(llm, ids: list[int], n: int) -> list[int]:
     return out
 
 
-def test_llama_cpp_runs_our_f16_gguf_greedily_as_the_hf_export_and_q8_0_agrees(with_gguf):
-    tok, hf = _hf_greedy(with_gguf)
+def test_llama_cpp_runs_our_f16_gguf_greedily_as_the_hf_export_and_q8_0_agrees(with_gguf, hf_greedy):
+    tok, hf = hf_greedy
     f16 = _llama(with_gguf / "gguf/model-f16.gguf")
     for (ids, want), p in zip(hf, PROMPTS):
         text = tok.decode(ids)
@@ -169,8 +175,8 @@ def test_llama_cpp_runs_our_f16_gguf_greedily_as_the_hf_export_and_q8_0_agrees(w
     assert agree >= 0.95 * total
 
 
-def test_llama_cpps_chat_handling_uses_our_template_and_stops_at_eot(with_gguf):
-    tok, hf = _hf_greedy(with_gguf)
+def test_llama_cpps_chat_handling_uses_our_template_and_stops_at_eot(with_gguf, hf_greedy):
+    tok, hf = hf_greedy
     llm = _llama(with_gguf / "gguf/model-f16.gguf")
     for (ids, want), p in zip(hf, PROMPTS):
         if want[-1] != 128009:
