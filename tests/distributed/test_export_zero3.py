@@ -263,7 +263,7 @@ def _memprobe(warm: pathlib.Path, ckpt: pathlib.Path, out: pathlib.Path, shard: 
 # What the design promises to hold besides one tensor (export/core.py): each of the 4 writer threads one
 # piece (CHUNK_ELEMENTS fp32 pages read + the cast copy: 12 MB in bf16), and a fixed part, the same for
 # any model size (read-back buffers, the 128k-token tokenizer.json parsed by the check, allocator
-# slack). Nothing scales with the shard size or the number of tensors. Measured here: ~74 MiB in all.
+# slack). Nothing scales with the shard size or the number of tensors. Measured here: 74-85 MiB in all.
 from llama3zh_dist.export.writer import CHUNK_ELEMENTS  # noqa: E402
 
 PIECES = 4 * CHUNK_ELEMENTS * (4 + 2)
