@@ -1,21 +1,26 @@
-"""Benchmark: our ZeRO-3 export against DeepSpeed's own ``zero_to_fp32.py``, side by side.
+"""Benchmark: our ZeRO-3 export against DeepSpeed's own ``zero_to_fp32.py``, side by side, on two
+checkpoints in one run:
 
-    .venv/bin/python bench/bench_export.py [--work /tmp/llama3zh_bench_export] [--keep]
+    .venv/bin/python bench/bench_export.py [--workers 4] [--only quickstart|synthetic]
 
-1. makes a ZeRO-3 checkpoint of a >=300M-parameter Llama (Llama 3 vocabulary, untied embeddings,
-   reference logits as the final checkpoint of a training run holds them) with 2 CPU ranks on gloo
-   (``tests/distributed/_export_helpers.py``);
-2. exports it with DeepSpeed's ``zero_to_fp32.py --safe_serialization`` (fp32, its only dtype), with ours
-   in fp32 (like for like) and with ours in bf16 (our default), each in its own process under
-   ``/usr/bin/time -v`` (Debian package ``time``: ``apt-get install time`` if missing);
-3. prints peak RSS and wall time of each, and our/DeepSpeed ratios, as a table and one JSON line.
-   ``zero_to_fp32`` exits with its output unflushed in the page cache, ours fsyncs before the atomic
-   rename: ``deepspeed_fp32_plus_fsync`` adds the time to flush DeepSpeed's output, for like for like.
+* ``quickstart``: the quickstart's final checkpoint (17M parameters, tied embeddings), made once by
+  ``python -m llama3zh_dist +experiment=quickstart export.enabled=false`` and cached under
+  ``~/.cache/llama3zh_dist/bench_export/quickstart`` (``--quickstart-run`` takes another run);
+* ``synthetic``: a >=300M-parameter Llama (Llama 3 vocabulary, untied embeddings, reference logits as
+  a final checkpoint holds them) saved by DeepSpeed with 2 CPU ranks on gloo
+  (``tests/distributed/_export_helpers.py``), cached under ``~/.cache/llama3zh_dist/bench_export/synthetic``.
 
-All runs read the same checkpoint files, which the checkpoint maker has just written (page cache warm
-for every run). Ours includes loading the tokenizer, writing SHA256SUMS from a read-back of every file, fsync before
-the atomic rename, and (default) its verification (names/shapes/dtypes, tokenizer files, logits of the
-reference prompts); ``ours_float32_verify_off`` shows the fp32 export without the verification.
+Each checkpoint is exported by DeepSpeed's converter (``convert_zero_checkpoint_to_fp32_state_dict``;
+``safe_serialization=True`` where it can, the pickle where tied embeddings stop it), by ours in fp32
+(like for like) and in bf16 (our default), each in its own process under ``/usr/bin/time -v``
+(Debian package ``time``). The page cache is warmed by one unmeasured read of the checkpoint first.
+Ours includes loading the tokenizer, the read-back SHA-256 of every file, fsync before the atomic
+rename and the verification (names/shapes/dtypes, tokenizer files, logits of the reference prompts);
+DeepSpeed's output is not fsynced (``deepspeed_plus_fsync`` adds that flush).
+
+Printed per checkpoint: peak RSS and wall time of each and the ratios ours/DeepSpeed, then one JSON
+line with every figure. Limits (issue 23): at 300M+ parameters ours fp32 takes at most DeepSpeed's
+time with at most 0.3x its peak RSS; on the quickstart at most 1.5x its time.
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import math
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "dist"))
+HELPERS = ROOT / "tests" / "distributed"  # _export_helpers.py: the ZeRO-3 checkpoint maker
+CACHE = pathlib.Path(os.environ.get("LLAMA3ZH_CACHE", pathlib.Path.home() / ".cache" / "llama3zh_dist")) / "bench_export"
 
 MODEL = dict(vocab=128256, hidden=1024, intermediate=2816, layers=4, heads=16, kv_heads=8)
 
@@ -44,10 +52,13 @@ def _timed(cmd: list[str], env: dict) -> dict:
     secs = 0.0
     for part in wall.split(":"):
         secs = secs * 60 + float(part)
-    return {"peak_rss_bytes": rss, "wall_s": secs}
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", r.stderr).group(1)) for k in ("User", "System"))
+    # CPU seconds too: on a shared machine wall time mostly measures the neighbours
+    return {"peak_rss_bytes": rss, "wall_s": secs, "cpu_s": round(cpu, 2)}
 
 
 def _ours(ckpt: str, out: str, dtype: str, workers: int, verify: bool = True) -> None:
+    """Our export as ``python -m llama3zh_dist.export`` runs it (tokenizer included)."""
     from llama3zh_dist.export import export_checkpoint
     from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
@@ -56,87 +67,143 @@ def _ours(ckpt: str, out: str, dtype: str, workers: int, verify: bool = True) ->
     print(json.dumps({k: s[k] for k in ("num_parameters", "shards", "seconds", "verification")}))
 
 
+def checkpoint_maker():
+    """The test helper that saves a real ZeRO-3 checkpoint (imported here so a test can check the
+    benchmark still finds it)."""
+    if str(HELPERS) not in sys.path:
+        sys.path.insert(0, str(HELPERS))
+    from _export_helpers import make_zero3_checkpoint
+
+    return make_zero3_checkpoint
+
+
+def _latest(run: pathlib.Path) -> pathlib.Path:
+    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+
+
+def synthetic_checkpoint() -> pathlib.Path:
+    run = CACHE / "synthetic" / "run"
+    if not (run / "checkpoints" / "latest").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        print(f"making a {MODEL} ZeRO-3 checkpoint with 2 CPU ranks in {run} (once; minutes) ...", flush=True)
+        checkpoint_maker()(run, steps=1, reference_logits=True, **MODEL)
+    return _latest(run)
+
+
+def quickstart_checkpoint(env: dict, run: pathlib.Path | None = None) -> pathlib.Path:
+    run = run or CACHE / "quickstart" / "run"
+    if not (run / "checkpoints" / "latest").is_file():
+        print(f"training the quickstart in {run} (once; minutes) ...", flush=True)
+        r = subprocess.run([sys.executable, "-m", "llama3zh_dist", "+experiment=quickstart", f"run.dir={run}",
+                            f"data.out_dir={run.parent / 'prepared'}", "export.enabled=false",
+                            "trainer.progress_bar=false"], env=env, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"quickstart failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return _latest(run)
+
+
+def _deepspeed(ckpt: str, out: str) -> None:
+    """DeepSpeed's converter as users call it: safetensors where it can write them."""
+    from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
+
+    c = pathlib.Path(ckpt)
+    try:
+        convert_zero_checkpoint_to_fp32_state_dict(str(c.parent), out, tag=c.name, safe_serialization=True)
+        print("deepspeed wrote safetensors")
+    except RuntimeError as e:  # tied embeddings: safetensors refuses shared tensors
+        print(f"deepspeed safetensors refused ({str(e)[:80]}...); pickle")
+        shutil.rmtree(out, ignore_errors=True)
+        convert_zero_checkpoint_to_fp32_state_dict(str(c.parent), out, tag=c.name, safe_serialization=False)
+
+
+def _warm(ckpt: pathlib.Path) -> None:
+    for f in sorted(ckpt.iterdir()):
+        if f.is_file():
+            with open(f, "rb") as h:
+                while h.read(1 << 24):
+                    pass
+
+
+def bench_one(label: str, ckpt: pathlib.Path, work: pathlib.Path, env: dict, workers: int) -> dict:
+    _warm(ckpt)
+    results = {}
+    out_ds = work / f"{label}-deepspeed"
+    shutil.rmtree(out_ds, ignore_errors=True)
+    print(f"[{label}] deepspeed zero_to_fp32 ...", flush=True)
+    results["deepspeed_fp32"] = _timed([sys.executable, __file__, "--_deepspeed", str(ckpt), str(out_ds)], env)
+    t = time.time()
+    for f in sorted(out_ds.rglob("*")):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+    results["deepspeed_plus_fsync"] = {"peak_rss_bytes": results["deepspeed_fp32"]["peak_rss_bytes"],
+                                       "wall_s": round(results["deepspeed_fp32"]["wall_s"] + time.time() - t, 2),
+                                       "cpu_s": results["deepspeed_fp32"]["cpu_s"]}
+    for dtype in ("float32", "bfloat16"):
+        print(f"[{label}] ours {dtype} ...", flush=True)
+        results[f"ours_{dtype}"] = _timed([sys.executable, __file__, "--workers", str(workers), "--_ours", str(ckpt),
+                                           str(work / f"{label}-ours-{dtype}"), dtype], env)
+    ds = results["deepspeed_fp32"]
+    n_params = sum(math.prod(s.shape) for s in _sources(ckpt))
+    summary = {"checkpoint": str(ckpt), "parameters": n_params,
+               "checkpoint_bytes": sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file()),
+               "results": results,
+               "time_ratio_fp32": results["ours_float32"]["wall_s"] / ds["wall_s"],
+               "cpu_ratio_fp32": results["ours_float32"]["cpu_s"] / ds["cpu_s"],
+               "rss_ratio_fp32": results["ours_float32"]["peak_rss_bytes"] / ds["peak_rss_bytes"],
+               "time_ratio_bf16": results["ours_bfloat16"]["wall_s"] / ds["wall_s"],
+               "rss_ratio_bf16": results["ours_bfloat16"]["peak_rss_bytes"] / ds["peak_rss_bytes"]}
+    print(f"\n[{label}] {n_params / 1e6:.1f}M parameters, checkpoint {summary['checkpoint_bytes'] / 2**30:.2f} GiB")
+    print(f"{'exporter':<24}{'peak RSS (MiB)':>16}{'wall (s)':>10}{'CPU (s)':>9}{'RSS ratio':>11}{'time ratio':>11}"
+          f"{'CPU ratio':>11}")
+    for name, r in results.items():
+        print(f"{name:<24}{r['peak_rss_bytes'] / 2**20:>16.0f}{r['wall_s']:>10.2f}{r['cpu_s']:>9.2f}"
+              f"{r['peak_rss_bytes'] / ds['peak_rss_bytes']:>11.2f}{r['wall_s'] / ds['wall_s']:>11.2f}"
+              f"{r['cpu_s'] / ds['cpu_s']:>11.2f}")
+    return summary
+
+
+def _sources(ckpt: pathlib.Path):
+    from llama3zh_dist.export.zero3 import Zero3Checkpoint
+
+    return list(Zero3Checkpoint(ckpt).sources.values())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/tmp/llama3zh_bench_export")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--keep", action="store_true", help="keep the checkpoint and exports")
-    p.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=("quickstart", "synthetic"))
+    p.add_argument("--quickstart-run", type=pathlib.Path, help="a finished quickstart run to use")
     p.add_argument("--_ours", nargs=3, metavar=("CKPT", "OUT", "DTYPE"), help=argparse.SUPPRESS)
+    p.add_argument("--_deepspeed", nargs=2, metavar=("CKPT", "OUT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._ours:
-        return _ours(*a._ours, a.workers, not a.no_verify)
+        return _ours(*a._ours, a.workers)
+    if a._deepspeed:
+        return _deepspeed(*a._deepspeed)
     if not shutil.which("/usr/bin/time"):
         raise SystemExit("needs GNU time at /usr/bin/time: apt-get install time")
     work = pathlib.Path(a.work)
-    run = work / "run"
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), TOKENIZERS_PARALLELISM="false")
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", WANDB_MODE="offline", LLAMA3ZH_NO_SLURM="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    ckpt = run / "checkpoints" / "step_1"
-    if not (ckpt / "complete.json").is_file():
-        from _export_helpers import make_zero3_checkpoint
-
-        shutil.rmtree(run, ignore_errors=True)
-        print(f"making a ZeRO-3 checkpoint with 2 CPU ranks in {run} ...", flush=True)
-        make_zero3_checkpoint(run, steps=1, reference_logits=True, **MODEL)
-    ckpt_bytes = sum(f.stat().st_size for f in ckpt.iterdir())
-    # the copy DeepSpeed saves next to the checkpoints, run as users run it
-    z_script = run / "checkpoints" / "zero_to_fp32.py"
-    results = {}
-    out_ds = work / "export-deepspeed"
-    shutil.rmtree(out_ds, ignore_errors=True)
-    print("deepspeed zero_to_fp32.py --safe_serialization ...", flush=True)
-    results["deepspeed_fp32"] = _timed([sys.executable, str(z_script), str(run / "checkpoints"), str(out_ds),
-                                        "--safe_serialization", "-t", "step_1"], env)
-    ds_peak = results["deepspeed_fp32"]["peak_rss_bytes"]
-    # zero_to_fp32 leaves its output in the page cache, unflushed; ours fsyncs every file before the
-    # folder is renamed into place. Time the flush of DeepSpeed's output too, for a like-for-like figure.
-    import time
-
-    t = time.time()
-    for f in sorted(out_ds.iterdir()):
-        fd = os.open(f, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    results["deepspeed_fp32_plus_fsync"] = {"peak_rss_bytes": ds_peak, "wall_s": round(
-        results["deepspeed_fp32"]["wall_s"] + time.time() - t, 2)}
-    for dtype in ("float32", "bfloat16"):
-        out = work / f"export-ours-{dtype}"
-        print(f"ours {dtype} ...", flush=True)
-        results[f"ours_{dtype}"] = _timed([sys.executable, __file__, "--workers", str(a.workers),
-                                           "--_ours", str(ckpt), str(out), dtype], env)
-    # what the checks cost: the same fp32 export with verify=False (SHA256SUMS, read-back and fsync stay)
-    print("ours float32, verify=False ...", flush=True)
-    results["ours_float32_verify_off"] = _timed([sys.executable, __file__, "--workers", str(a.workers), "--no-verify",
-                                                 "--_ours", str(ckpt), str(work / "export-ours-noverify"), "float32"],
-                                                env)
-    from safetensors import safe_open
-
-    n_params = 0
-    for f in out_ds.glob("*.safetensors"):
-        with safe_open(str(f), framework="pt") as h:
-            for k in h.keys():
-                shape = h.get_slice(k).get_shape()
-                n = 1
-                for d in shape:
-                    n *= d
-                n_params += n
-    ds = results["deepspeed_fp32"]
-    summary = {"parameters": n_params, "checkpoint_bytes": ckpt_bytes, "workers": a.workers, "results": results,
-               "ratio_peak_rss_ours_fp32_vs_ds": results["ours_float32"]["peak_rss_bytes"] / ds["peak_rss_bytes"],
-               "ratio_wall_ours_fp32_vs_ds": results["ours_float32"]["wall_s"] / ds["wall_s"],
-               "ratio_wall_ours_fp32_vs_ds_plus_fsync":
-                   results["ours_float32"]["wall_s"] / results["deepspeed_fp32_plus_fsync"]["wall_s"],
-               "ratio_peak_rss_ours_bf16_vs_ds": results["ours_bfloat16"]["peak_rss_bytes"] / ds["peak_rss_bytes"],
-               "ratio_wall_ours_bf16_vs_ds": results["ours_bfloat16"]["wall_s"] / ds["wall_s"]}
-    print(f"\nmodel: {n_params / 1e6:.1f}M parameters, checkpoint {ckpt_bytes / 2**30:.2f} GiB (2 ranks)")
-    print(f"{'exporter':<28}{'peak RSS (MiB)':>16}{'wall (s)':>10}{'RSS ratio':>11}{'time ratio':>11}")
-    for name, r in results.items():
-        print(f"{name:<28}{r['peak_rss_bytes'] / 2**20:>16.0f}{r['wall_s']:>10.1f}"
-              f"{r['peak_rss_bytes'] / ds['peak_rss_bytes']:>11.2f}{r['wall_s'] / ds['wall_s']:>11.2f}")
-    print(json.dumps(summary))
-    if not a.keep:
+    out = {}
+    try:
+        if a.only in (None, "quickstart"):
+            out["quickstart"] = bench_one("quickstart", quickstart_checkpoint(env, a.quickstart_run), work, env, a.workers)
+        if a.only in (None, "synthetic"):
+            out["synthetic"] = bench_one("synthetic", synthetic_checkpoint(), work, env, a.workers)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
+    limits = {"quickstart": {"time_ratio_fp32": 1.5}, "synthetic": {"time_ratio_fp32": 1.0, "rss_ratio_fp32": 0.3}}
+    print()
+    for label, s in out.items():
+        for key, limit in limits[label].items():
+            print(f"{label:<11} {key:<16} {s[key]:6.2f}  (limit {limit}) {'OK' if s[key] <= limit else 'OVER'}")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ def write_outputs(out_dir: Path, results: dict, items: list[dict], generations: 
         atomic_write_text(out_dir / "generations.jsonl",
                       "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
     atomic_write_text(out_dir / "results.json", json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    from ..export.card import refresh_after_eval
+
+    refresh_after_eval(out_dir)  # the run's export card shows the new scores (no-op without one)
 
 
 def _pct(v) -> str:

@@ -212,6 +212,12 @@ def export_run_summary(cfg, step=None, *, wandb_run=None) -> dict:
         dtype=exp.get("dtype", "bfloat16"), max_shard_size=exp.get("max_shard_size", "5GB"),
         workers=exp.get("workers", 4), verify=_verify_setting(exp.get("verify", True)),
     )
+    from .extras import finish_export  # GGUF files and the model card, listed in SHA256SUMS
+
+    summary.update(finish_export(summary["out_dir"], run_dir, list(exp.get("gguf") or [])))
+    from .sums import read_sums
+
+    summary["files"] = {n: d for n, d in read_sums(pathlib.Path(summary["out_dir"])).items() if n != SUMS}
     if wandb_run is not None:
         from .wandb_log import log_export_to_wandb
 

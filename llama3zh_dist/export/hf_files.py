@@ -44,8 +44,23 @@ def write_generation_config(path: pathlib.Path, tokenizer, hf_config) -> None:
     gen.save_pretrained(path)
 
 
+def architecture_of(hf_config) -> list[str]:
+    """The model class names ``config.json`` must carry: llama.cpp's converter and vLLM pick the model
+    implementation from ``architectures``, which a config built from ``model.arch`` (from scratch) lacks."""
+    if getattr(hf_config, "architectures", None):
+        return list(hf_config.architectures)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(hf_config, "model_type", ""))
+    if not name:
+        raise UserError(f"model_type {getattr(hf_config, 'model_type', None)!r} has no causal-LM class in "
+                        "transformers; the export cannot name its architecture")
+    return [name]
+
+
 def write_config(path: pathlib.Path, hf_config, dtype: torch.dtype) -> None:
     cfg = copy.deepcopy(hf_config)
+    cfg.architectures = architecture_of(hf_config)
     cfg.dtype = dtype  # transformers 5 writes it as "dtype"; 4.x reads "torch_dtype" (set below)
     cfg.save_pretrained(path)
     f = path / "config.json"

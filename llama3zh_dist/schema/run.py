@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 from .base import one_of, require
 
@@ -50,8 +50,13 @@ class ExportConfig:
     """Shards written in parallel."""
     verify: Any = True
     """true: check names/shapes/dtypes/checksums and logits; full: also re-hash the checkpoint; false: off."""
+    gguf: List[str] = field(default_factory=list)
+    """GGUF files for llama.cpp / Ollama / LM Studio, written to export/gguf/model-<type>.gguf: any of
+    bf16, f16, q8_0 (e.g. [f16, q8_0]); [] = none."""
 
     def __post_init__(self):
+        for t in self.gguf:
+            one_of("gguf", t, ("bf16", "f16", "q8_0"), "the GGUF types written here; give a list, e.g. [f16,q8_0]")
         one_of("dtype", self.dtype, ("bfloat16", "float16", "float32"),
                "safetensors exports are floating point; int8 would lose the trained weights")
         require(bool(_SIZE.match(str(self.max_shard_size))), "max_shard_size", self.max_shard_size,

@@ -1,11 +1,13 @@
 """Measure the peak resident memory of one export, in a process of its own.
 
-    python tests/distributed/_export_memprobe.py WARM_CKPT CKPT OUT_DIR MAX_SHARD_SIZE [WORKERS]
+    python tests/distributed/_export_memprobe.py WARM_CKPT CKPT OUT_DIR MAX_SHARD_SIZE [WORKERS] [HOLD_BYTES]
 
 Exports WARM_CKPT once first (imports, tokenizer save/reload, verification code paths: the fixed
 overhead, the same for any model size), then resets the peak-RSS counter of this process
 (``/proc/self/clear_refs``: VmHWM := VmRSS), exports CKPT and prints one JSON line:
 ``{"baseline": VmRSS before, "peak": VmHWM after, "largest_tensor_fp32", "total_fp32", ...}`` (bytes).
+HOLD_BYTES > 0 is the regression the bound must catch: the first tensor written also fills and keeps a
+buffer of that size until the export ends (as a writer that materialised a whole tensor would).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def _status(key: str) -> int:
 def main(argv):
     warm, ckpt, out, shard = argv[:4]
     workers = int(argv[4]) if len(argv) > 4 else 4
+    hold = int(argv[5]) if len(argv) > 5 else 0
     import gc
 
     from llama3zh_dist.export import export_checkpoint
@@ -40,6 +43,20 @@ def main(argv):
     total = sum(math.prod(s.shape) for s in c.sources.values()) * 4
     del c
     gc.collect()
+    if hold:
+        import torch
+
+        from llama3zh_dist.export import writer
+
+        kept = []
+        real = writer._write_tensor
+
+        def holding(*args):
+            if not kept:
+                kept.append(torch.ones(hold // 4, dtype=torch.float32))
+            return real(*args)
+
+        writer._write_tensor = holding
     pathlib.Path("/proc/self/clear_refs").write_text("5")
     baseline = _status("VmRSS")
     s = export_checkpoint(ckpt, out, tokenizer=tok, dtype="bfloat16", max_shard_size=shard, workers=workers)
