@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import load_run_config, resolve_path
+from ..config import load_config, load_run_config, resolve_path
 from ..errors import UserError, exits_cleanly_on_user_error
 from ..process_exit import exit_process
 from .core import evaluate_model_folder
@@ -70,7 +70,9 @@ def resolve_target(cfg: DictConfig, argv: list[str]) -> tuple[Path, Path, str]:
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_run_config(argv)
+    # A bare model.path is evaluated as configured here; a run (run.dir, or the default run) on its saved config.
+    bare_model = _given(argv, "model.path") and not _given(argv, "run.dir")
+    cfg = load_config(argv) if bare_model else load_run_config(argv)
     folder, out, tag = resolve_target(cfg, argv)
     results = evaluate_model_folder(cfg, folder, out, tag=tag)
     return 0 if results else 1
