@@ -53,7 +53,7 @@ class Terminal:
 
     def finish(self) -> int:
         code = self.proc.wait()
-        self.read_until(r"$^")  # drain
+        self.read_until(r"(?!)")  # a pattern that never matches: read all that is left
         os.close(self.master)
         return code
 

@@ -23,9 +23,9 @@ def _no_progress_bars(stderr: str) -> None:
 
 def test_eval_of_a_checkpoint_reads_the_runs_saved_config(quickstart_run):
     run_dir, _, _ = quickstart_run
-    proc = run_python(["-m", "llama3zh_dist.eval", f"run.dir={run_dir}", "eval.step=40", *QUICK])
+    proc = run_python(["-m", "llama3zh_dist.eval", f"run.dir={run_dir}", "eval.step=80", *QUICK])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((run_dir / "eval" / "step_40" / "results.json").read_text())
+    results = json.loads((run_dir / "eval" / "step_80" / "results.json").read_text())
     assert results["cmmlu"]["n"] > 0 and results["chat"]["n"] > 0
     _no_progress_bars(proc.stderr)
 
