@@ -48,6 +48,10 @@ class Terminal:
                 break
         return self.seen
 
+    def prompts(self, n: int) -> None:
+        """Wait until the chat has asked for input ``n`` times (or ended)."""
+        self.read_until("(?s)" + ".*".join(["你: "] * n))
+
     def type(self, keys: str) -> None:
         os.write(self.master, keys.encode())
 
@@ -61,15 +65,17 @@ class Terminal:
 def test_interactive_chat_has_line_editing_history_and_a_reset_confirmation(quickstart_run, tmp_path):
     run_dir, _, _ = quickstart_run
     term = Terminal([f"run.dir={run_dir}", "chat.max_new_tokens=4"], tmp_path)
-    term.read_until("你: ")
+    term.prompts(1)
     term.type("abc" + LEFT * 3 + "X\r")  # the cursor moved back: the line sent is "Xabc"
-    term.read_until("(?s)助手: .*你: ")
+    term.prompts(2)
     term.type("/reset\r")
-    shown = term.read_until("(?s)conversation reset.*你: ")
+    term.prompts(3)
     term.type("\x1b[A\x1b[A\r")  # Up twice: the first line again, from the history
-    term.read_until("(?s)conversation reset.*助手: .*你: ")
+    term.prompts(4)
     term.type("/exit\r")
     assert term.finish() == 0, term.seen
+    after_reset = term.seen.split("/reset", 2)[-1]
+    assert "conversation reset" in after_reset.split("你: ")[0], term.seen
     history = (tmp_path / ".cache" / "llama3zh_dist" / "chat_history").read_text().splitlines()
     assert history[-4:] == ["Xabc", "/reset", "Xabc", "/exit"], history
 
