@@ -1,7 +1,9 @@
 """``python -m llama3zh_dist.chat model.path=<export folder>``: chat with an exported model.
 
 Interactive mode keeps the conversation (multi-turn), streams each answer token by token, and
-understands ``/reset`` and ``/exit``. One-shot mode (``chat.prompt="..."``, or ``chat.prompt=-`` to
+understands ``/reset`` and ``/exit``; the input line has line editing and history (readline, the
+history kept in ``~/.cache/llama3zh_dist/chat_history``), and Ctrl-C while the model loads exits
+quietly (status 130). One-shot mode (``chat.prompt="..."``, or ``chat.prompt=-`` to
 read the prompt from stdin) prints the answer alone on stdout, for scripts.
 
 The prompt is built with the exported tokenizer's own chat template, which renders exactly the
@@ -13,16 +15,18 @@ Without ``model.path``, the chat opens ``run.dir/export``.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .config import load_config, resolve_path
+from .config import load_config, require_run_dir, resolve_path
 from .errors import UserError, exits_cleanly_on_user_error
 from .llama3.tokens import STOP_TOKENS
 from .process_exit import exit_process
+from .quiet import no_progress_bars_off_a_terminal
 
 
 def resolve_model_folder(cfg: DictConfig, argv: list[str] = ()) -> Path:
@@ -50,6 +54,8 @@ class ChatModel:
     def __init__(self, folder: Path, cfg: DictConfig):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        no_progress_bars_off_a_terminal()
 
         trust = bool(cfg.model.get("trust_remote_code", False))
         self.tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
@@ -117,7 +123,36 @@ def one_shot(chat: ChatModel, cfg: DictConfig) -> int:
     return 0
 
 
+HISTORY = Path(os.path.expanduser("~/.cache/llama3zh_dist/chat_history"))
+
+
+def _line_editing() -> None:
+    """Arrow keys, Ctrl-A/E, and Up for earlier inputs (this session's and the previous ones'):
+    importing ``readline`` gives ``input()`` all of it; without it the keys reach the model as ``^[[D``."""
+    try:
+        import atexit
+        import readline
+    except ImportError:  # a Python without readline (Windows): plain input()
+        return
+    try:
+        readline.read_history_file(HISTORY)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            HISTORY.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(HISTORY)
+        except OSError:
+            pass
+
+    atexit.register(save)
+
+
 def interactive(chat: ChatModel, cfg: DictConfig, folder: Path) -> int:
+    if sys.stdin.isatty():
+        _line_editing()
     print(f"chatting with {folder} — /reset starts over, /exit (or Ctrl-D) quits", file=sys.stderr)
     messages = _start(cfg)
     while True:
@@ -133,6 +168,7 @@ def interactive(chat: ChatModel, cfg: DictConfig, folder: Path) -> int:
             return 0
         if text == "/reset":
             messages = _start(cfg)
+            print("(conversation reset: the model no longer sees the earlier turns)", file=sys.stderr, flush=True)
             continue
         messages.append({"role": "user", "content": text})
         print("助手: ", end="", flush=True)
@@ -151,14 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     # twice; take chat.prompt / chat.system verbatim and set them after composing.
     verbatim = {k: a.split("=", 1)[1] for a in argv for k in ("chat.prompt", "chat.system")
                 if a.startswith(k + "=")}
-    cfg = load_config([a for a in argv if a.split("=", 1)[0] not in verbatim])
-    for key, value in verbatim.items():
-        cfg.chat[key.split(".", 1)[1]] = value
-    folder = resolve_model_folder(cfg, argv)
-    chat = ChatModel(folder, cfg)
-    if cfg.chat.prompt is not None:
-        return one_shot(chat, cfg)
-    return interactive(chat, cfg, folder)
+    try:
+        cfg = load_config([a for a in argv if a.split("=", 1)[0] not in verbatim])
+        for key, value in verbatim.items():
+            cfg.chat[key.split(".", 1)[1]] = value
+        require_run_dir(cfg, argv)
+        folder = resolve_model_folder(cfg, argv)
+        chat = ChatModel(folder, cfg)
+        if cfg.chat.prompt is not None:
+            return one_shot(chat, cfg)
+        return interactive(chat, cfg, folder)
+    except KeyboardInterrupt:  # Ctrl-C while the libraries or the weights load: no traceback
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

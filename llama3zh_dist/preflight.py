@@ -66,6 +66,30 @@ def _model_path_problem(cfg: DictConfig) -> str | None:
     return None
 
 
+def run_dir_problem(cfg: DictConfig) -> str | None:
+    """``run.dir`` cannot be written (no permission, a read-only filesystem, a file in the way).
+
+    Probed by creating (and removing) a temporary entry in the folder, or in its nearest existing
+    parent when the folder is still to be made: permission bits alone say nothing for root or on
+    read-only mounts. Nothing is left behind.
+    """
+    import tempfile
+
+    run_dir = Path(os.path.expanduser(str(cfg.run.dir))).absolute()
+    probe_in = run_dir
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    try:
+        if not probe_in.is_dir():
+            raise NotADirectoryError(f"{probe_in} is a file")
+        os.rmdir(tempfile.mkdtemp(prefix=".llama3zh-write-probe-", dir=probe_in))
+    except OSError as e:
+        reason = e.strerror or str(e)
+        return (f"run.dir={cfg.run.dir}: cannot write the run folder {run_dir} ({probe_in}: {reason}); "
+                "set run.dir to a folder you can write")
+    return None
+
+
 def problems(cfg: DictConfig, *, world_size: int | None = None) -> list[str]:
     """Every reason ``cfg`` cannot run, each naming the setting and the fix."""
     out: list[str] = []
@@ -119,6 +143,9 @@ def problems(cfg: DictConfig, *, world_size: int | None = None) -> list[str]:
     problem = _model_path_problem(cfg)
     if problem:
         out.append(problem)
+    unwritable = run_dir_problem(cfg)
+    if unwritable:
+        out.append(unwritable)
     try:  # will it fit: the planner's per-GPU peak against the GPU's memory (python -m llama3zh_dist.plan)
         from .plan import memory_problem
 

@@ -7,6 +7,7 @@ same library still shows.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 # (message regex, category, why it is safe to hide)
@@ -47,3 +48,15 @@ def silence_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages([p for n, p, _ in _LOG_LINES if n == name]))
+
+
+def no_progress_bars_off_a_terminal() -> None:
+    """Weight-loading progress bars only for a person watching: a pipe or a log file gets none
+    (a bar redrawn with carriage returns is noise in a file). Shared by chat and eval."""
+    if sys.stderr.isatty():
+        return
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()

@@ -20,6 +20,9 @@ def load_model(folder: Path, cfg: DictConfig):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress lines say what is happening
+    from ..quiet import no_progress_bars_off_a_terminal
+
+    no_progress_bars_off_a_terminal()  # huggingface_hub's bars too
     trust = bool(cfg.model.get("trust_remote_code", False))
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
     if torch.cuda.is_available():

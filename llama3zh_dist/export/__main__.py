@@ -11,54 +11,27 @@ settings given on the command line win. The second form adds GGUF files to an ex
 from __future__ import annotations
 
 import json
-import pathlib
 import sys
 
 from llama3zh_dist.errors import UserError, exits_cleanly_on_user_error
 from llama3zh_dist.process_exit import exit_process
 
 
-def _override_keys(argv: list[str]) -> list[str]:
-    keys = []
-    for a in argv:
-        if "=" not in a:
-            continue
-        k = a.split("=", 1)[0].lstrip("+~")
-        if k and "@" not in k:
-            keys.append(k)
-    return keys
-
-
 def compose(argv: list[str]):
     """The run's saved config, with the command-line overrides (validated by ``load_config``) on top."""
-    from omegaconf import OmegaConf
+    from llama3zh_dist.config import load_run_config
 
-    from llama3zh_dist.config import load_config
-
-    cli = load_config(argv)
-    saved_path = pathlib.Path(str(cli.run.dir)) / "config.yaml"
-    if not saved_path.is_file():
-        if not pathlib.Path(str(cli.run.dir)).is_dir():
-            raise UserError(f"run.dir={cli.run.dir}: no such run folder; pass the folder of a training run "
-                            "(run.dir=runs/<name>)")
-        return cli
-    try:
-        cfg = OmegaConf.load(saved_path)
-    except Exception as e:  # noqa: BLE001 - one clear message
-        raise UserError(f"{saved_path} is unreadable ({e}); fix or remove it") from None
-    OmegaConf.set_struct(cfg, False)
-    for key in _override_keys(argv):
-        OmegaConf.update(cfg, key, OmegaConf.select(cli, key), merge=False, force_add=True)
-    return cfg
+    return load_run_config(argv)
 
 
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     keys = [a.split("=", 1)[0].lstrip("+") for a in argv]
-    if "run.dir" not in keys and "model.path" in keys:
+    wants_help = bool({"-h", "--help"} & set(argv))
+    if not wants_help and "run.dir" not in keys and "model.path" in keys:
         return _gguf_of_export(argv)
-    if "run.dir" not in keys:
+    if not wants_help and "run.dir" not in keys:
         raise UserError("say which run to export: python -m llama3zh_dist.export run.dir=runs/<name> "
                         "[export.step=N] [export.dtype=bfloat16] [export.max_shard_size=5GB]")
     cfg = compose(argv)

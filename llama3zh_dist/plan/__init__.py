@@ -80,6 +80,25 @@ def memory(cfg: DictConfig, shape, ds: dict, gpu: GPU | None, world: int) -> dic
     }
 
 
+def refuse_calibration_from_another_device(cfg: DictConfig, gpu: GPU | None, run_dir: str) -> None:
+    """A run measured on one device says nothing about another: CPU FLOP/s priced as H100 steps
+    predicted 151,220 s per step. The calibration run's device comes from the config it saved."""
+    from pathlib import Path
+
+    saved = Path(run_dir).expanduser() / "config.yaml"
+    if not saved.is_file():
+        return  # a run folder without its config (copied metrics): nothing to compare
+    cluster = OmegaConf.load(saved).get("cluster") or {}
+    run_device, run_gpu_name = cluster.get("device"), cluster.get("gpu")
+    run_gpu = by_name(run_gpu_name) if run_gpu_name else None
+    planned = gpu.name if gpu else str(cfg.cluster.device)
+    measured = run_gpu.name if run_gpu else (run_gpu_name or run_device)
+    if run_device != cfg.cluster.device or (gpu and run_gpu and run_gpu.name != gpu.name):
+        raise UserError(f"plan.calibrate_from={run_dir} was measured on {measured}, but this plan is for "
+                        f"{planned}: its speed does not carry over. Calibrate from a run on {planned}, or drop "
+                        f"plan.calibrate_from (the plan then assumes plan.mfu={cfg.plan.mfu})")
+
+
 def make_plan(cfg: DictConfig) -> dict:
     """The plan of ``cfg`` as the JSON object of SPEC.md (Planning), plus a ``detail`` section."""
     from ..data.settings import resolve_out_dir
@@ -93,7 +112,10 @@ def make_plan(cfg: DictConfig) -> dict:
     cfg = with_overrides(cfg, {"model.gradient_checkpointing": choices["gradient_checkpointing"].value})
     mem = memory(cfg, shape, ds, gpu, world)
     total = mem["per_gpu_bytes"]["total"]
-    calibrated = calibration(str(cfg.plan.calibrate_from)) if cfg.plan.calibrate_from else None
+    calibrated = None
+    if cfg.plan.calibrate_from:
+        calibrated = calibration(str(cfg.plan.calibrate_from))
+        refuse_calibration_from_another_device(cfg, gpu, str(cfg.plan.calibrate_from))
     stats = data_stats(cfg, resolve_out_dir(cfg))
     timing = step_time(cfg, shape, ds, world=world, gpu=gpu, stats=stats, calibrated=calibrated,
                        checkpointed=checkpointed_layers(choices["gradient_checkpointing"].value, shape.num_hidden_layers))
@@ -184,14 +206,10 @@ def memory_problem(cfg: DictConfig) -> str | None:
     plan = make_plan(_with(cfg, {"plan.calibrate_from": None}))
     if plan["fits"]:
         return None
-    fixes = cheapest_changes(cfg)
     lines = [f"predicted peak {plan['per_gpu_bytes']['total'] / GIB:.1f} GiB per GPU exceeds the "
              f"{plan['gpu']['name']}'s {plan['gpu']['memory_bytes'] / GIB:.1f} GiB "
              f"({plan['world_size']} GPUs; python -m llama3zh_dist.plan shows the whole plan):",
-             *("    " + line for line in breakdown_lines(plan))]
-    lines.append("  changes that would fit, cheapest first:" if fixes else
-                 "  no single change fits: combine gradient checkpointing, offload and more nodes")
-    lines += ["    " + f for f in fixes]
+             *("    " + line for line in breakdown_lines(plan)), *fix_lines(cfg)]
     lines.append("  (plan.check=false skips this check)")
     return "\n".join(lines)
 
@@ -244,3 +262,11 @@ def resolved_checkpointing(cfg: DictConfig, ds_config: dict, hf_config) -> str:
 
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
     return checkpointing_choice(cfg, ModelShape.from_config(hf_config), ds_config, world).value
+
+
+def fix_lines(cfg: DictConfig) -> list[str]:
+    """The cheapest changes that would fit, as pre-flight and ``plan`` print them under "DOES NOT FIT"."""
+    fixes = cheapest_changes(cfg)
+    head = ("  changes that would fit, cheapest first:" if fixes else
+            "  no single change fits: combine gradient checkpointing, offload and more nodes")
+    return [head, *("    " + f for f in fixes)]

@@ -11,7 +11,7 @@ import sys
 from ..config import load_config
 from ..errors import exits_cleanly_on_user_error
 from ..process_exit import exit_process
-from . import make_plan
+from . import fix_lines, make_plan
 from .report import table, to_json
 
 
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         print(to_json(plan))
     else:
         print(table(plan))
+        if plan["fits"] is False:
+            print("\n".join(fix_lines(cfg)))
     return 2 if plan["fits"] is False else 0
 
 

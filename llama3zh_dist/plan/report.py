@@ -24,15 +24,36 @@ def _short(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
+def counted_terms(plan: dict) -> dict[str, int | None]:
+    """The terms the total adds, by row: activations and the loss peak at different moments, so the
+    rows show the larger phase (the loss with the activations held during it, or the layers' backward
+    peak without the loss) and the rows add up to the total."""
+    b, d = plan["per_gpu_bytes"], plan["detail"]
+    at_loss = d["activations_at_loss"]
+    loss_phase = at_loss + b["loss"] > b["activations"]
+    rows = dict(b)
+    rows["activations"] = at_loss if loss_phase else b["activations"]
+    rows["loss"] = b["loss"] if loss_phase else None
+    return rows
+
+
 def breakdown_lines(plan: dict) -> list[str]:
     b, d = plan["per_gpu_bytes"], plan["detail"]
-    lines = [f"{k:<13}{_gib(b[k])}   {SOURCES[k]}" for k in SOURCES]
+    rows = counted_terms(plan)
+    lines = [f"{k:<13}{_gib(rows[k])}   {SOURCES[k]}" for k in SOURCES]
     lines.insert(1, f"  of which: parameters {_short(d['parameters_gpu'])}, gradients+optimizer "
                     f"{_short(d['gradients_and_optimizer'])}, largest layer gathered {_short(d['largest_layer_gathered'])}")
-    lines.insert(5, f"  of which: hpZ weights {_short(d.get('hpz_secondary_weights', 0))}, persistent parameters {_short(d['persistent_parameters'])}, prefetch "
+    if rows["loss"] is not None:
+        phase = (f"  held during the loss (the larger phase; the layers' backward peaks at "
+                 f"{_short(b['activations'])} without the loss)")
+    else:
+        phase = (f"  the layers' backward peak (the larger phase; during the loss {_short(d['activations_at_loss'])} "
+                 f"are held + the loss's {_short(b['loss'])})")
+    lines.insert(3, phase)
+    lines.insert(6, f"  of which: hpZ weights {_short(d.get('hpz_secondary_weights', 0))}, persistent parameters {_short(d['persistent_parameters'])}, prefetch "
                     f"{_short(d['prefetch_bucket'])}, reduce buckets {_short(d['reduce_buckets'])} (stage3_max_live_parameters "
                     f"would allow up to {_short(d['max_live_parameters_bound'])} gathered)")
-    lines.append(f"{'total':<13}{_gib(b['total'])}   (activations and loss peak at different moments: the larger phase counts)")
+    lines.append(f"{'total':<13}{_gib(b['total'])}   (the sum of the rows above)")
     return lines
 
 
