@@ -11,6 +11,7 @@ settings given on the command line win. The second form adds GGUF files to an ex
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 from llama3zh_dist.errors import UserError, exits_cleanly_on_user_error
