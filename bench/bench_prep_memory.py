@@ -8,7 +8,7 @@
 
 Corpus: ShareGPT-layout conversations of synthetic Chinese chat (bench_prep.make_corpus's text
 generator), the same rows written as one JSON array (indented, as ShareGPT_V3 dumps are) and as
-JSONL. Every figure is the peak RSS (``ru_maxrss``) of a fresh child process, so stages do not
+JSONL. Every figure is the peak RSS (``VmHWM``) of a fresh child process, so stages do not
 share caches. Figures:
 
 - ``stream``: the prep's read + per-row stage as prep runs it in-process (``data.ray.workers=0``):
@@ -147,7 +147,17 @@ def _child(stage: str, path: str, out_dir: str) -> dict:
                  "near_duplicates_removed": rep["cleaning"]["near_duplicates_removed"]}
     return {**extra, "stage": stage, "file": os.path.basename(path), "mb": os.path.getsize(path) / 1e6, "rows": rows,
             "kept": kept, "seconds": time.perf_counter() - t0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": _own_peak_rss_mb()}
+
+
+def _own_peak_rss_mb() -> float:
+    """This process image's peak RSS: ``VmHWM``, which starts afresh at exec. Not ``ru_maxrss``: Linux
+    carries it across fork and exec, so a child of a large parent (pytest after a training run) reports
+    the parent's RSS at fork as its own peak, whatever it did itself."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_distinct_corpus(folder: Path, rows: int, seed: int = 0) -> Path:

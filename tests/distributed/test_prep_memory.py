@@ -4,7 +4,7 @@ Prep runs as users run it (``prepare_dataset`` with Ray Data on all CPUs; ``data
 lowered so both sizes take the Ray path) on two corpora 4x apart whose conversations are all distinct
 (near-dedup searches every row and keeps it). Peak RSS is sampled every 0.2 s with psutil over the
 driver and all its descendants (Ray's GCS, raylet, workers) and read exactly for the driver
-(``ru_maxrss``). The same figures, beside a naive whole-file prep, come from
+(``VmHWM``: ``ru_maxrss`` would carry pytest's own RSS into every child). The same figures, beside a naive whole-file prep, come from
 ``bench/bench_prep_memory.py --scaling 10000 40000``; the measuring code is the benchmark's.
 
 Limits, and why (measured on this machine, 2 cores shared with other work):
