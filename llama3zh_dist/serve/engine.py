@@ -66,7 +66,7 @@ class _Batch:
         self.reqs, self.cache, self.mask, self.next_pos, self.last = reqs, cache, mask, next_pos, last
 
     def keep(self, rows: list[int]) -> None:
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)  # on the cache's device (CUDA with a GPU)
         self.reqs = [self.reqs[i] for i in rows]
         for layer in self.cache.layers:
             layer.keys, layer.values = layer.keys[idx], layer.values[idx]
