@@ -75,7 +75,7 @@ def sequential(model: str, convs: list, max_tokens: int) -> tuple[float, list[in
     enc = get_encoder(tok)
 
     def gen(msgs):
-        ids = torch.tensor([enc.encode_dialog(msgs, add_generation_prompt=True)])
+        ids = torch.tensor([enc.encode_dialog(msgs, add_generation_prompt=True)], device=lm.device)
         with torch.no_grad():
             out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
                               eos_token_id=stops, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Optional
 
 from ..errors import UserError
+from ..export.engine_args import context_length, engine_fields, export_dtype
 from ..llama3.chat_format import CHAT_TEMPLATE, get_encoder
 from ..llama3.tokens import STOP_TOKENS
 
@@ -28,20 +28,6 @@ def resolve_backend(wanted: str) -> str:
     import torch
 
     return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
-
-
-def export_dtype(folder: Path, wanted: str) -> str:
-    """``serve.dtype``, or for ``auto`` the dtype the export was written in (config.json)."""
-    if wanted != "auto":
-        return wanted
-    cfg = json.loads((folder / "config.json").read_text())
-    return str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
-
-
-def context_length(folder: Path, wanted: Optional[int]) -> int:
-    cfg = json.loads((folder / "config.json").read_text())
-    limit = int(cfg.get("max_position_embeddings") or 8192)
-    return min(wanted, limit) if wanted else limit
 
 
 def stop_token_ids(folder: Path, tokenizer) -> list[int]:
@@ -62,15 +48,9 @@ def vllm_engine_args(folder: Path, model_id: str, serve) -> dict:
     export's chat template, look-alike control tokens kept as text), so vLLM's own template
     rendering is never used for them. Self-contained: reads only the export's config.json.
     """
-    folder = Path(folder)
     return {
-        "model": str(folder),
-        "tokenizer": str(folder),
+        **engine_fields(folder, serve.dtype, serve.max_model_len),
         "served_model_name": [model_id],
-        "dtype": export_dtype(folder, serve.dtype),
-        "max_model_len": context_length(folder, serve.max_model_len),
-        "generation_config": str(folder),
-        "trust_remote_code": False,
         "max_num_seqs": int(serve.max_concurrent),
         "gpu_memory_utilization": float(serve.gpu_memory_utilization),
         "tokenizer_mode": "auto",
