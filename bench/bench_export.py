@@ -6,15 +6,16 @@ checkpoints in one run:
 * ``quickstart``: the quickstart's final checkpoint (17M parameters, tied embeddings), made once by
   ``python -m llama3zh_dist +experiment=quickstart export.enabled=false`` and cached under
   ``~/.cache/llama3zh_dist/bench_export/quickstart`` (``--quickstart-run`` takes another run);
-* ``synthetic``: a >=300M-parameter Llama (Llama 3 vocabulary, untied embeddings, reference logits as
-  a final checkpoint holds them) saved by DeepSpeed with 2 CPU ranks on gloo
+* ``synthetic``: a >=300M-parameter Llama (Llama 3 vocabulary, untied embeddings, reference logits and
+  the tokenizer as a final checkpoint holds them) saved by DeepSpeed with 2 CPU ranks on gloo
   (``tests/distributed/_export_helpers.py``), cached under ``~/.cache/llama3zh_dist/bench_export/synthetic``.
 
 Each checkpoint is exported by DeepSpeed's converter (``convert_zero_checkpoint_to_fp32_state_dict``;
 ``safe_serialization=True`` where it can, the pickle where tied embeddings stop it), by ours in fp32
 (like for like) and in bf16 (our default), each in its own process under ``/usr/bin/time -v``
 (Debian package ``time``). The page cache is warmed by one unmeasured read of the checkpoint first.
-Ours includes loading the tokenizer, the read-back SHA-256 of every file, fsync before the atomic
+Ours runs as ``python -m llama3zh_dist.export`` does (the process ends through ``exit_process``) and
+includes copying the checkpoint's tokenizer files, the read-back SHA-256 of every file, fsync before the atomic
 rename and the verification (names/shapes/dtypes, tokenizer files, logits of the reference prompts);
 DeepSpeed's output is not fsynced (``deepspeed_plus_fsync`` adds that flush).
 
@@ -58,13 +59,17 @@ def _timed(cmd: list[str], env: dict) -> dict:
 
 
 def _ours(ckpt: str, out: str, dtype: str, workers: int, verify: bool = True) -> None:
-    """Our export as ``python -m llama3zh_dist.export`` runs it (tokenizer included)."""
+    """Our export as ``python -m llama3zh_dist.export`` runs it: the checkpoint's own tokenizer files
+    (the tokenizer loaded only for a checkpoint without them), and the process ends as the command's
+    does (``exit_process``)."""
     from llama3zh_dist.export import export_checkpoint
     from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
+    from llama3zh_dist.process_exit import exit_process
 
-    s = export_checkpoint(ckpt, out, tokenizer=load_tokenizer(None), dtype=dtype, workers=workers,
+    s = export_checkpoint(ckpt, out, tokenizer=lambda: load_tokenizer(None), dtype=dtype, workers=workers,
                           verify=verify)
-    print(json.dumps({k: s[k] for k in ("num_parameters", "shards", "seconds", "verification")}))
+    print(json.dumps({k: s[k] for k in ("num_parameters", "shards", "seconds", "verification")}), flush=True)
+    exit_process(0)
 
 
 def checkpoint_maker():
@@ -81,18 +86,28 @@ def _latest(run: pathlib.Path) -> pathlib.Path:
     return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
 
+def _has_tokenizer(run: pathlib.Path) -> bool:
+    """A cached checkpoint from before checkpoints carried their tokenizer is made again."""
+    from llama3zh_dist.export.tokenizer_files import has_checkpoint_tokenizer
+
+    return (run / "checkpoints" / "latest").is_file() and has_checkpoint_tokenizer(_latest(run))
+
+
 def synthetic_checkpoint() -> pathlib.Path:
     run = CACHE / "synthetic" / "run"
-    if not (run / "checkpoints" / "latest").is_file():
+    if not _has_tokenizer(run):
         shutil.rmtree(run, ignore_errors=True)
         print(f"making a {MODEL} ZeRO-3 checkpoint with 2 CPU ranks in {run} (once; minutes) ...", flush=True)
-        checkpoint_maker()(run, steps=1, reference_logits=True, **MODEL)
+        checkpoint_maker()(run, steps=1, reference_logits=True, tokenizer=True, **MODEL)
     return _latest(run)
 
 
 def quickstart_checkpoint(env: dict, run: pathlib.Path | None = None) -> pathlib.Path:
-    run = run or CACHE / "quickstart" / "run"
-    if not (run / "checkpoints" / "latest").is_file():
+    if run is not None:  # the user's run, as it is (an older one: the export loads the tokenizer)
+        return _latest(run)
+    run = CACHE / "quickstart" / "run"
+    if not _has_tokenizer(run):
+        shutil.rmtree(run, ignore_errors=True)
         print(f"training the quickstart in {run} (once; minutes) ...", flush=True)
         r = subprocess.run([sys.executable, "-m", "llama3zh_dist", "+experiment=quickstart", f"run.dir={run}",
                             f"data.out_dir={run.parent / 'prepared'}", "export.enabled=false",

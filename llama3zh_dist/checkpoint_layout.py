@@ -21,6 +21,10 @@ MARKER = "complete.json"
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 UNIVERSAL = "universal"
+# The tokenizer the run trained with, saved by rank 0 into every checkpoint (as the Hugging Face
+# Trainer does): the export copies these files (checksummed in ``complete.json``) instead of loading
+# and re-saving a tokenizer, and carries exactly the one the weights were trained with.
+TOKENIZER_DIR = "tokenizer"
 
 
 def checkpoints_dir(run_dir) -> Path:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from . import EXIT_REQUEUE
 from .checkpoint import CheckpointManager
+from .checkpoint_layout import TOKENIZER_DIR
 from .collectives import Collectives, training_device
 from .config import save_config
 from .data.loader import StepBatches, ValidationBatches
@@ -307,7 +308,8 @@ class SFTRecipe:
                  "world_size": self.world_size, "time": time.time()}
         # Every checkpoint keeps the reference logits (two short prompts: one forward each), so an
         # export of any step (export.step=N, eval.step=N) is checked against the model it came from.
-        extra = {"reference_logits.safetensors": self._reference_logits_writer()}
+        extra = {"reference_logits.safetensors": self._reference_logits_writer(),
+                 TOKENIZER_DIR: self._reference_tokenizer.save_pretrained}  # what the export copies
         self.ckpt.save(self.engine, self.step, state, self.hf_config, extra)
         self.last_ckpt_time = time.time()
         self.saved_step = self.step

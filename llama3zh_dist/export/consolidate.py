@@ -8,6 +8,23 @@ from llama3zh_dist.errors import UserError
 from .zero3 import Zero3Checkpoint
 
 
+def names_in_checkpoint(ckpt: Zero3Checkpoint) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """name -> (shape, is_parameter) as the checkpoint holds them: in the module's state-dict order, a
+    tied tensor once under its first name (as ``save_pretrained`` writes it). For every checkpoint this
+    project saves that is what the model config implies, so the export can start writing before
+    transformers has built the config's model (and checks it against that afterwards)."""
+    out: dict[str, tuple[tuple[int, ...], bool]] = {}
+    seen: set[str] = set()
+    order = [n for n in ckpt.state_dict_names if n in ckpt.sources or n in ckpt.shared_params]
+    for name in order + [n for n in ckpt.sources if n not in set(order)]:
+        src = name if name in ckpt.sources else ckpt.shared_params[name]
+        if src in seen or src not in ckpt.sources:
+            continue
+        seen.add(src)
+        out[name] = (tuple(ckpt.sources[src].shape), ckpt.sources[src].kind != "buffer")
+    return out
+
+
 def match_names(ckpt: Zero3Checkpoint, expected: dict) -> dict[str, str]:
     """export name -> checkpoint tensor name; UserError on any mismatch with the model config."""
     alias: dict[str, str] = {}

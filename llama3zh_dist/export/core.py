@@ -2,24 +2,24 @@
 
 Flow of :func:`export_checkpoint`:
 
-1. open the checkpoint (fp32 partitions memory-mapped, nothing read yet) and the HF config in it;
-   build the model skeleton on the meta device and match its state dict (names, shapes) against the
-   checkpoint: a mismatch stops the export before anything is written;
-2. plan the shards (``max_shard_size`` in the export dtype), write each shard's safetensors header,
-   then the tensors in parallel (``workers`` threads, largest first), each streamed from the rank
-   partitions in pieces of ``CHUNK_ELEMENTS``, cast, written at its offset (``pwrite``) and CRC'd. A
-   writer holds one piece (about 12 MB) at a time and the consumed checkpoint pages are dropped, so the
-   export needs ``workers`` pieces of memory whatever the shard, tensor or model size (well inside
-   "one shard plus the largest tensor"); the logits check loads one ordinary layer at a time and reads
-   the vocabulary matrices by rows;
-3. write ``model.safetensors.index.json``, ``config.json`` (``torch_dtype`` = export dtype),
-   ``generation_config.json``, the tokenizer (``save_pretrained``; it carries the chat template);
-4. read every file back from disk: its SHA-256 (for ``SHA256SUMS``) and, for the shards, the CRC-32 of
+1. open the checkpoint (fp32 partitions memory-mapped, nothing read yet), plan the shards
+   (``max_shard_size`` in the export dtype) under the names the checkpoint holds, and start writing;
+2. the writers: each shard's safetensors header, then the tensors in parallel (``workers`` threads,
+   largest first), each streamed from the rank partitions in pieces of ``CHUNK_ELEMENTS``, cast,
+   written at its offset (``pwrite``) and hashed (XXH3). A writer holds one piece (about 12 MB) at a
+   time and the consumed checkpoint pages are dropped, so the export needs ``workers`` pieces of
+   memory whatever the shard, tensor or model size. Meanwhile this thread reads the HF config, builds
+   the model skeleton on the meta device, and writes the tokenizer (copied from the checkpoint's
+   ``tokenizer/``) and ``generation_config.json``; the config's names and shapes are then matched
+   against what was written (a mismatch stops the export; other names are matched and written again);
+3. write ``model.safetensors.index.json`` and ``config.json`` (``torch_dtype`` = export dtype);
+4. read every file back from disk: its SHA-256 (for ``SHA256SUMS``) and, for the shards, the XXH3 of
    each tensor's bytes against what was written; fsync. With ``verify`` (default): the safetensors
-   headers against the expected names/shapes/dtypes, the config and tokenizer files (exact chat
-   template), and the logits of the reference prompts (``reference_logits.safetensors`` in the
-   checkpoint) against the trained model's, run module by module from the written shards;
-   ``verify="full"`` first re-hashes the checkpoint's files against its ``complete.json``;
+   headers against the expected names/shapes/dtypes, the config, and the logits of the reference
+   prompts (``reference_logits.safetensors`` in the checkpoint) against the trained model's, run
+   module by module from the written shards (the logits check loads one ordinary layer at a time and
+   reads the vocabulary matrices by rows); ``verify="full"`` first re-hashes the checkpoint's files
+   against its ``complete.json``;
 5. write ``SHA256SUMS`` last and swap the temp folder into place (atomic exchange where the OS has
    it), so ``out_dir`` is always either the previous complete export or the new complete one.
 """
@@ -32,6 +32,7 @@ import os
 import pathlib
 import resource
 import shutil
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -40,10 +41,11 @@ from llama3zh_dist.checkpoint_layout import check_complete_checkpoint, resolve_c
 from llama3zh_dist.errors import UserError
 from llama3zh_dist.fileio import fsync_dir, pid_alive, swap_dir_into_place
 
-from .consolidate import match_names
+from .consolidate import match_names, names_in_checkpoint
 from .hf_files import DTYPE_NAMES, resolve_dtype, write_config, write_generation_config
 from .logits_check import VERIFICATION_FILE, record_verification
 from .safetensors_stream import TensorEntry, parse_size, plan_shards
+from .tokenizer_files import write_tokenizer
 from .verify import verify_folder, verify_source_checksums
 from .writer import crash_point, read_back, write_weights
 from .zero3 import Zero3Checkpoint
@@ -77,8 +79,8 @@ def _remove_leftovers(out: pathlib.Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _open_checkpoint(ckpt_dir: pathlib.Path, dt, shard_limit: int):
-    """Step 1: the checkpoint, its config's skeleton, the name mapping and the shard plan."""
+def _model_of(ckpt_dir: pathlib.Path):
+    """The checkpoint's HF config, its model skeleton (meta device) and the tensors it implies."""
     from transformers import AutoConfig
 
     try:
@@ -88,15 +90,49 @@ def _open_checkpoint(ckpt_dir: pathlib.Path, dt, shard_limit: int):
     from .model_meta import expected_tensors, skeleton
 
     skel = skeleton(hf_config)
-    expected = expected_tensors(skel)
-    ckpt = Zero3Checkpoint(ckpt_dir)
+    return hf_config, skel, expected_tensors(skel)
+
+
+def _plan(ckpt: Zero3Checkpoint, expected: dict, dt, shard_limit: int):
+    """Checkpoint tensor of each export tensor (UserError on a mismatch), the entries and the shards."""
     mapping = match_names(ckpt, expected)
     entries = []
     for name in expected:
         src_dtype = ckpt.dtype_of(mapping[name])
         entries.append(TensorEntry(name, ckpt.sources[mapping[name]].shape,
                                    dt if src_dtype.is_floating_point else src_dtype))
-    return hf_config, skel, expected, ckpt, mapping, entries, plan_shards(entries, shard_limit)
+    return mapping, entries, plan_shards(entries, shard_limit)
+
+
+def _write_while_loading_model(ckpt, ckpt_dir, info, tmp, dt, shard_limit, workers, tokenizer):
+    """Step 1 and 2 at once. The weights are written under the names the checkpoint itself holds
+    (``names_in_checkpoint``) while this thread imports transformers, builds the config's skeleton and
+    writes the tokenizer: about 2.5 s of Python that held up every export, small or large, before a
+    byte was written, and that now runs beside the writers (which spend their time in reads, casts and
+    ``pwrite``, outside the GIL). The names the config implies are then compared with the ones
+    written: equal (any checkpoint this project saves) keeps the write; different, the weights are
+    matched by the config (a mismatch stops the export here, before anything replaces the old one)
+    and written again."""
+    guess = names_in_checkpoint(ckpt)
+    mapping, entries, shards = _plan(ckpt, guess, dt, shard_limit)
+    abort = threading.Event()
+    with ThreadPoolExecutor(1) as bg:
+        writing = bg.submit(write_weights, ckpt, shards, mapping, tmp, workers, abort)
+        try:
+            hf_config, skel, expected = _model_of(ckpt_dir)
+            tok_report = write_tokenizer(tmp, ckpt_dir, info, tokenizer)
+            write_generation_config(tmp, tokenizer if hasattr(tokenizer, "get_vocab") else None, hf_config)
+        except BaseException:
+            abort.set()
+            raise
+        layout = writing.result()
+    if list(expected.items()) != list(guess.items()):
+        log.info("the model config names the tensors other than the checkpoint: matching by the config")
+        mapping, entries, shards = _plan(ckpt, expected, dt, shard_limit)
+        for fn in layout:
+            (tmp / fn).unlink()
+        layout = write_weights(ckpt, shards, mapping, tmp, workers)
+    return hf_config, skel, expected, entries, shards, layout, tok_report
 
 
 def _write_sums(tmp: pathlib.Path, hashes: dict[str, str]) -> None:
@@ -108,12 +144,15 @@ def _write_sums(tmp: pathlib.Path, hashes: dict[str, str]) -> None:
     fsync_dir(tmp)
 
 
-def export_checkpoint(ckpt_dir, out_dir, *, tokenizer, dtype="bfloat16", max_shard_size="5GB", workers=4,
+def export_checkpoint(ckpt_dir, out_dir, *, tokenizer=None, dtype="bfloat16", max_shard_size="5GB", workers=4,
                       verify=True) -> dict:
     """Export the ZeRO-3 checkpoint ``ckpt_dir`` into the HF model folder ``out_dir`` (replaced atomically).
 
+    ``tokenizer``: used only for a checkpoint that carries no ``tokenizer/`` (saved before checkpoints
+    did): a tokenizer object, or a callable returning one (called only then); None writes none.
+
     ``verify``: False writes and checksums only; True (default) also checks the written folder: every
-    file re-read (its CRC-32 per tensor against what was written, and the SHA-256 for ``SHA256SUMS``
+    file re-read (its XXH3-64 per tensor against what was written, and the SHA-256 for ``SHA256SUMS``
     taken from that read), the safetensors headers against the names/shapes/dtypes the model config
     implies, the tokenizer files and chat template, and the logits of the reference prompts against
     ``reference_logits.safetensors`` when the checkpoint has it; ``"full"`` also re-hashes every
@@ -133,16 +172,17 @@ def export_checkpoint(ckpt_dir, out_dir, *, tokenizer, dtype="bfloat16", max_sha
     info = check_complete_checkpoint(ckpt_dir)
     if verify == "full":
         verify_source_checksums(ckpt_dir, info, workers)
-    hf_config, skel, expected, ckpt, mapping, entries, shards = _open_checkpoint(ckpt_dir, dt, shard_limit)
-    total_bytes = sum(e.nbytes for e in entries)
-    num_params = sum(e.numel for e in entries if expected[e.name][1])
+    ckpt = Zero3Checkpoint(ckpt_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)
     tmp = out_dir.with_name(f"{_TMP_TAG}{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        layout = write_weights(ckpt, shards, mapping, tmp, workers)
+        hf_config, skel, expected, entries, shards, layout, tok_report = _write_while_loading_model(
+            ckpt, ckpt_dir, info, tmp, dt, shard_limit, workers, tokenizer)
+        total_bytes = sum(e.nbytes for e in entries)
+        num_params = sum(e.numel for e in entries if expected[e.name][1])
         crash_point("after_weights")
         # the shards are read back (checksums of what is on disk) and flushed while the rest is
         # written and verified
@@ -152,12 +192,11 @@ def export_checkpoint(ckpt_dir, out_dir, *, tokenizer, dtype="bfloat16", max_sha
                 index = {"metadata": {"total_size": total_bytes, "total_parameters": num_params},
                          "weight_map": {e.name: s.filename for s in shards for e in s.entries}}
                 (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-            write_generation_config(tmp, tokenizer, hf_config)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
             write_config(tmp, hf_config, dt)  # config.json last among the model files
             hashes = {p.name: read_back(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name not in layout}
-            verification = verify_folder(tmp, shards, tokenizer, hf_config, dt, ckpt_dir, skel) if verify else {}
+            verification = verify_folder(tmp, shards, hf_config, dt, ckpt_dir, skel) if verify else {}
+            if verify and tok_report is not None:
+                verification["tokenizer"] = tok_report
             hashes.update({fn: f.result() for fn, f in weight_sums.items()})
         verification["checksums"] = len(hashes)
         # never silent: an export whose logits were not checked says so on stderr and in the folder
@@ -192,6 +231,20 @@ def _verify_setting(v):
     return bool(v)
 
 
+def run_tokenizer_loader(cfg):
+    """The run's tokenizer, loaded when called: what the export of a checkpoint without its own
+    ``tokenizer/`` writes (checkpoints saved before they carried one)."""
+    from omegaconf import OmegaConf
+
+    def load():
+        from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
+
+        return load_tokenizer(OmegaConf.select(cfg, "model.path"),
+                              bool(OmegaConf.select(cfg, "model.trust_remote_code", default=False)))
+
+    return load
+
+
 def export_run_summary(cfg, step=None, *, wandb_run=None) -> dict:
     """Export ``run.dir``'s newest complete checkpoint (or ``step`` / ``export.step``) into ``run.dir/export``;
     returns the export summary (see :func:`export_checkpoint`). With ``wandb_run``, the export is also
@@ -203,12 +256,8 @@ def export_run_summary(cfg, step=None, *, wandb_run=None) -> dict:
     if step is None:
         step = exp.get("step")
     ckpt = resolve_checkpoint(run_dir, step)
-    from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
-
-    model_path = OmegaConf.select(cfg, "model.path")
-    tok = load_tokenizer(model_path, bool(OmegaConf.select(cfg, "model.trust_remote_code", default=False)))
     summary = export_checkpoint(
-        ckpt, run_dir / "export", tokenizer=tok,
+        ckpt, run_dir / "export", tokenizer=run_tokenizer_loader(cfg),
         dtype=exp.get("dtype", "bfloat16"), max_shard_size=exp.get("max_shard_size", "5GB"),
         workers=exp.get("workers", 4), verify=_verify_setting(exp.get("verify", True)),
     )

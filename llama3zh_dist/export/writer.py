@@ -1,5 +1,12 @@
 """Writing the shards: headers first, then every tensor streamed from the ZeRO-3 partitions in pieces,
-cast, written at its offset in parallel and CRC'd; then each file read back from disk against those CRCs."""
+cast, written at its offset in parallel and hashed; then each file read back from disk against those
+hashes.
+
+The per-tensor check is XXH3-64 (``xxhash``, a dependency of ``datasets``), not CRC-32: each byte is
+hashed twice (written, read back), and zlib's CRC-32 runs at ~2 GB/s on one core against ~12 GB/s for
+XXH3: 1.1 s of CPU per GB of export, a third of what the export of a 300M model spends besides
+reading and writing. It detects a torn or stale write just the same (it is a checksum of the bytes,
+not a security claim; ``SHA256SUMS`` is that)."""
 
 from __future__ import annotations
 
@@ -9,10 +16,10 @@ import os
 import pathlib
 import signal
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import xxhash
 
 from .safetensors_stream import Shard, TensorEntry, header_bytes, tensor_bytes
 from .zero3 import Zero3Checkpoint
@@ -58,8 +65,8 @@ _thread_buffers = threading.local()
 
 
 def _write_tensor(ckpt: Zero3Checkpoint, fd: int, pos: int, e: TensorEntry, src: str, abort: threading.Event) -> int:
-    """Stream one tensor to its place in its shard; returns the CRC-32 of the bytes meant to be there."""
-    crc, start = 0, pos
+    """Stream one tensor to its place in its shard; returns the XXH3-64 of the bytes meant to be there."""
+    digest, start = xxhash.xxh3_64(), pos
     bufs = _thread_buffers.__dict__.setdefault("by_dtype", {})
     if e.dtype not in bufs:  # one buffer per writer thread and dtype, reused for every tensor
         bufs[e.dtype] = torch.empty(CHUNK_ELEMENTS, dtype=e.dtype)
@@ -68,23 +75,24 @@ def _write_tensor(ckpt: Zero3Checkpoint, fd: int, pos: int, e: TensorEntry, src:
             raise RuntimeError("aborted")
         mv = tensor_bytes(piece)
         _pwrite_all(fd, mv, pos)
-        crc = zlib.crc32(mv, crc)
+        digest.update(mv)
         _writeback(fd, pos, mv.nbytes)
         pos += mv.nbytes
     if pos - start != e.nbytes:
         raise RuntimeError(f"{e.name}: wrote {pos - start} of {e.nbytes} bytes")
     crash_point("mid_shard")
-    return crc
+    return digest.intdigest()
 
 
 def write_weights(ckpt: Zero3Checkpoint, shards: list[Shard], mapping: dict[str, str], folder: pathlib.Path,
-                   workers: int) -> dict[str, list[tuple[int, int, int]]]:
+                  workers: int, abort: threading.Event | None = None) -> dict[str, list[tuple[int, int, int]]]:
     """Write every shard: headers first, then the tensors in parallel (``workers`` threads, largest first,
-    each at its offset with ``pwrite``). Returns per file the (start, end, crc32) of each tensor."""
+    each at its offset with ``pwrite``). Returns per file the (start, end, xxh3) of each tensor.
+    ``abort`` set by the caller stops the writers at their next piece."""
     fds: dict[str, int] = {}
     tasks = []
     layout: dict[str, list] = {}
-    abort = threading.Event()
+    abort = abort or threading.Event()
     try:
         for s in shards:
             fd = os.open(folder / s.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -98,31 +106,31 @@ def write_weights(ckpt: Zero3Checkpoint, shards: list[Shard], mapping: dict[str,
                 tasks.append((e.nbytes, s.filename, pos, e))
                 layout[s.filename].append([pos, pos + e.nbytes, None, e.name])
                 pos += e.nbytes
-        crcs: dict[str, int] = {}
+        digests: dict[str, int] = {}
         tasks.sort(key=lambda t: -t[0])
         with ThreadPoolExecutor(max(1, min(workers, len(tasks)))) as ex:
             futs = [(ex.submit(_write_tensor, ckpt, fds[fn], pos, e, mapping[e.name], abort), e.name)
                     for _, fn, pos, e in tasks]
             try:
                 for fut, name in futs:
-                    crcs[name] = fut.result()
+                    digests[name] = fut.result()
             except BaseException:
                 abort.set()
                 raise
     finally:
         for fd in fds.values():
             os.close(fd)
-    return {fn: [(a, b, crcs[name]) for a, b, _, name in rows] for fn, rows in layout.items()}
+    return {fn: [(a, b, digests[name]) for a, b, _, name in rows] for fn, rows in layout.items()}
 
 
 def read_back(path: pathlib.Path, ranges: list[tuple[int, int, int]] | None = None) -> str:
-    """SHA-256 of a file as read from disk, checking on the way the CRC-32 of each byte range that was
+    """SHA-256 of a file as read from disk, checking on the way the XXH3-64 of each byte range that was
     written (so the checksum in SHA256SUMS is of what is on disk and equals what was meant); then fsync."""
     sha = hashlib.sha256()
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
     todo = [r for r in (ranges or []) if r[1] > r[0]]
-    i, crc, pos = 0, 0, 0
+    i, digest, pos = 0, xxhash.xxh3_64(), 0
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             chunk = view[:n]
@@ -131,13 +139,14 @@ def read_back(path: pathlib.Path, ranges: list[tuple[int, int, int]] | None = No
             while i < len(todo) and todo[i][0] < end:
                 a, b, want = todo[i]
                 lo, hi = max(a, pos), min(b, end)
-                crc = zlib.crc32(chunk[lo - pos:hi - pos], crc)
+                digest.update(chunk[lo - pos:hi - pos])
                 if hi < b:
                     break
-                if crc != want:
+                if digest.intdigest() != want:
                     raise RuntimeError(f"export verification failed: {path.name} bytes {a}-{b} read back "
                                        "other than written")
-                i, crc = i + 1, 0
+                i = i + 1
+                digest.reset()
             pos = end
         os.fsync(f.fileno())
     if i != len(todo):

@@ -221,6 +221,9 @@ class Zero3Checkpoint:
                 self._frozen[name] = [s["frozen_param_fragments"][name] for s in states]
         # buffers (whole on every rank)
         module = ms0.get("module") or {}
+        # the module's state-dict names in their order (ZeRO-3 saves empty placeholders under them):
+        # the order ``save_pretrained`` writes, where ``sources`` follow DeepSpeed's parameter groups
+        self.state_dict_names: list[str] = list(module)
         self._buffers = {k: module[k] for k in (ms0.get("buffer_names") or []) if k in module}
         for k, v in self._buffers.items():
             self.sources[k] = TensorSource(k, tuple(v.shape), "buffer")

@@ -5,7 +5,8 @@ random ``LlamaForCausalLM`` under ``deepspeed.zero.Init``, runs a few AdamW step
 ``deepspeed.initialize`` (ZeRO stage 3, fp32, ``torch_adam``), saves with
 ``engine.save_checkpoint(run_dir/'checkpoints', tag='step_<N>', save_latest=False)`` and writes our files
 the way the trainer does: ``config.json``, ``trainer_state.json``, ``rng_state_rank<r>.pt``, optionally
-``reference_logits.safetensors`` (fp32 logits of the trained model), then ``complete.json`` last and
+``reference_logits.safetensors`` (fp32 logits of the trained model) and ``tokenizer/`` (the Llama 3
+tokenizer, ``--tokenizer``), then ``complete.json`` last and
 ``checkpoints/latest``.
 
 Run as a script (``python tests/distributed/_export_helpers.py RUN_DIR --hidden 64 ...``) it does the same in
@@ -116,6 +117,11 @@ def _rank_main(rank, world_size, port, args):
         if logits is not None:
             save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
                       str(ckpt / "reference_logits.safetensors"))
+        if args.tokenizer:  # as the trainer saves it into every checkpoint
+            from llama3zh_dist.checkpoint_layout import TOKENIZER_DIR
+            from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
+
+            load_tokenizer(None).save_pretrained(ckpt / TOKENIZER_DIR)
         if not args.incomplete:
             files = {str(p.relative_to(ckpt)): _sha256(p) for p in sorted(ckpt.rglob("*")) if p.is_file()}
             (ckpt / "complete.json").write_text(json.dumps({"step": args.steps, "files": files}))
@@ -139,6 +145,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sub-group-size", type=int, default=1_000_000_000)
     p.add_argument("--reference-logits", action="store_true")
+    p.add_argument("--tokenizer", action="store_true", help="save the Llama 3 tokenizer into tokenizer/")
     p.add_argument("--incomplete", action="store_true", help="leave out complete.json (a crashed save)")
     return p
 

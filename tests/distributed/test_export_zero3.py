@@ -49,9 +49,11 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tied_run(tmp_path_factory):
-    """Tiny Llama with tied embeddings, several ZeRO sub-groups, reference logits, a run config."""
+    """Tiny Llama with tied embeddings, several ZeRO sub-groups, reference logits, the tokenizer (as the
+    trainer saves every checkpoint), a run config. ``untied_run`` carries no tokenizer (a checkpoint
+    from before checkpoints did): its exports save the tokenizer object they are given."""
     run = tmp_path_factory.mktemp("tied") / "run"
-    make_zero3_checkpoint(run, tie=True, reference_logits=True, sub_group_size=20000)
+    make_zero3_checkpoint(run, tie=True, reference_logits=True, tokenizer=True, sub_group_size=20000)
     _save_run_config(run)
     return run
 
@@ -332,3 +334,62 @@ def test_logits_check_reads_vocabulary_matrices_by_rows_and_still_matches(tied_r
     s = export_checkpoint(_ckpt(tied_run), tmp_path / "export", tokenizer=tokenizer, dtype="float32")
     lg = s["verification"]["logits"]
     assert lg["max_abs_diff"] <= 1e-4 * max(1.0, lg["max_abs_reference"]) and lg["argmax_agreement"] == 1.0
+
+
+def test_the_export_carries_the_checkpoints_own_tokenizer_byte_for_byte_and_refuses_a_damaged_one(tied_run, tmp_path):
+    """Issue 23 (export time): the tokenizer is copied from ``step_N/tokenizer/`` (hashed against
+    ``complete.json`` on the way), not loaded and saved again; a loader given for older checkpoints is
+    never called; a damaged tokenizer file stops the export like a damaged weight file."""
+    from transformers import AutoTokenizer
+
+    ckpt = _ckpt(tied_run)
+    out = tmp_path / "export"
+
+    def must_not_load():
+        raise AssertionError("the checkpoint has its tokenizer: nothing to load")
+
+    s = export_checkpoint(ckpt, out, tokenizer=must_not_load, dtype="float32")
+    names = sorted(p.name for p in (ckpt / "tokenizer").iterdir())
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(names)
+    for name in names:
+        assert (out / name).read_bytes() == (ckpt / "tokenizer" / name).read_bytes(), name
+        assert name in s["files"]
+    assert "checkpoint" in s["verification"]["tokenizer"]["source"] and _sums_hold(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == 128256 and "<|eot_id|>" in tok.apply_chat_template([{"role": "user", "content": "你好"}],
+                                                                           tokenize=False)
+
+    damaged = _copy_checkpoint(tied_run, tmp_path / "run")
+    f = damaged / "tokenizer" / "tokenizer.json"
+    f.write_bytes(f.read_bytes().replace(b'"<|eot_id|>"', b'"<|eot_ix|>"', 1))
+    with pytest.raises(UserError, match=r"tokenizer/tokenizer.json does not match its checksum in complete.json"):
+        export_checkpoint(damaged, tmp_path / "run" / "export", dtype="float32")
+    assert not (tmp_path / "run" / "export").exists()
+
+
+def test_checkpoint_names_in_another_order_than_the_config_are_written_again_in_the_configs_order(
+        untied_run, tokenizer, tmp_path, monkeypatch):
+    """The export starts writing under the names and order the checkpoint holds (before transformers
+    has built the config's model); when the config's order differs, the shards are planned by the
+    config and written again: same tensors, in the order ``save_pretrained`` would write them."""
+    from transformers import AutoConfig
+
+    from llama3zh_dist.export import core
+    from llama3zh_dist.export.model_meta import expected_tensors, skeleton
+
+    real = core.names_in_checkpoint
+    monkeypatch.setattr(core, "names_in_checkpoint", lambda c: dict(reversed(list(real(c).items()))))
+    ckpt = _ckpt(untied_run)
+    s = export_checkpoint(ckpt, tmp_path / "export", tokenizer=tokenizer, dtype="float32", max_shard_size="60KB")
+    want = list(expected_tensors(skeleton(AutoConfig.from_pretrained(ckpt))))
+    got = []
+    for shard in s["shards"]:
+        data = (tmp_path / "export" / shard).read_bytes()
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        header.pop("__metadata__", None)
+        got += sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    assert got == want and _sums_hold(tmp_path / "export")
+    monkeypatch.setattr(core, "names_in_checkpoint", real)
+    ref = export_checkpoint(ckpt, tmp_path / "plain", tokenizer=tokenizer, dtype="float32", max_shard_size="60KB")
+    same = {k: v for k, v in s["files"].items() if k != "verification.json"}
+    assert same == {k: v for k, v in ref["files"].items() if k != "verification.json"}  # byte for byte
