@@ -10,7 +10,7 @@ A ZeRO-3 checkpoint (``engine.save_checkpoint``) holds, per data-parallel rank `
   offset ``sum_{j<i} p_j`` of the concatenation of its flat groups.
 
 The files are opened with ``torch.load(..., mmap=True)``: nothing is read until a tensor is assembled.
-Tensors are streamed in pieces of a few MB (``iter_chunks``); after each piece is copied out, its pages
+Tensors are streamed in pieces of a few MB (``iter_chunks``); after each piece is written, its pages
 are dropped from this process (``madvise(MADV_DONTNEED)`` on the private, never-written file mapping),
 so resident memory holds a few MB per writer, whatever the tensor or model size. Unpickling uses stub classes for
 DeepSpeed's own objects (enums, loss scaler), so DeepSpeed need not be imported.
@@ -287,7 +287,8 @@ class Zero3Checkpoint:
     def iter_chunks(self, name: str, dtype: torch.dtype, chunk: int = 1 << 21, buf: torch.Tensor | None = None):
         """The consolidated tensor ``name``, flattened and cast to ``dtype``, as consecutive pieces of at
         most ``chunk`` elements. Each piece is a view of one reused buffer (``buf`` when given, a 1-D
-        ``dtype`` tensor of at least ``chunk`` elements): use it before the next."""
+        ``dtype`` tensor of at least ``chunk`` elements), or for fp32 a view of the mapped checkpoint
+        itself: use it before the next."""
         src = self.sources[name]
         n = src.numel
         if src.kind != "partitioned":
@@ -306,22 +307,37 @@ class Zero3Checkpoint:
             pos = 0
             while pos < count:
                 take = min(chunk, count - pos)
-                self._copy_rank_slice(r, src.offset + pos, take, buf[:take])
-                yield buf[:take]
+                if dtype == torch.float32:
+                    # the fp32 partitions are the export's bytes already: hand out views of the mapped
+                    # file (no copy), its pages dropped once the caller is done with each
+                    for piece, droppable in self._rank_pieces(r, src.offset + pos, take):
+                        yield piece
+                        if droppable:
+                            self._dropper.drop(piece.data_ptr(), piece.numel() * 4)
+                else:
+                    self._copy_rank_slice(r, src.offset + pos, take, buf[:take])
+                    yield buf[:take]
                 pos += take
 
-    def _copy_rank_slice(self, rank: int, offset: int, count: int, out: torch.Tensor) -> None:
+    def _rank_pieces(self, rank: int, offset: int, count: int):
+        """(view, droppable) of rank ``rank``'s flat fp32 groups covering ``count`` elements from
+        ``offset`` (one view per group crossed)."""
         starts = self._group_starts
         pos = 0
         while pos < count:
             g = _bisect_right(starts, offset + pos) - 1
             local = offset + pos - starts[g]
             take = min(count - pos, starts[g + 1] - starts[g] - local)
-            piece = self._groups[rank][g].narrow(0, local, take)
-            out[pos:pos + take].copy_(piece)
-            if self._droppable[rank][g]:
-                self._dropper.drop(piece.data_ptr(), take * 4)
+            yield self._groups[rank][g].narrow(0, local, take), self._droppable[rank][g]
             pos += take
+
+    def _copy_rank_slice(self, rank: int, offset: int, count: int, out: torch.Tensor) -> None:
+        pos = 0
+        for piece, droppable in self._rank_pieces(rank, offset, count):
+            out[pos:pos + piece.numel()].copy_(piece)
+            if droppable:
+                self._dropper.drop(piece.data_ptr(), piece.numel() * 4)
+            pos += piece.numel()
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The whole tensor ``name`` (for tests and small tensors)."""

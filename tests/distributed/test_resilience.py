@@ -179,7 +179,7 @@ def test_a_flipped_byte_is_named_and_the_previous_checkpoint_is_used(reference, 
     run_dir = _copy_run(ref_dir, tmp_path / "run")
     (run_dir / "FINISHED").unlink()
     newest = run_dir / "checkpoints" / f"step_{STEPS}"
-    victim = rng.choice(sorted(p for p in newest.iterdir() if p.name != "complete.json"))
+    victim = rng.choice(sorted(p for p in newest.rglob("*") if p.is_file() and p.name != "complete.json"))
     data = bytearray(victim.read_bytes())
     at = rng.randrange(len(data))
     data[at] ^= 0xFF
