@@ -7,6 +7,15 @@ GPU's link. With hierarchical partitioning (``zero_hpz_partition_size`` = GPUs p
 backward gather stays inside the node. Compute and communication overlap (``overlap_comm``), so a
 step takes the longer of the two. A calibrated MFU (``plan.calibrate_from``) already contains the
 exposed communication of the run it was measured on and is used as is.
+
+Calibrated, the step time is taken as proportional to the step's FLOPs. Costs that do not grow with
+the tokens of a step (the optimizer step, ZeRO-3's per-module gathers and releases) are spread over
+the calibration run's FLOPs, so a prediction for more tokens per step comes out high by about their
+share, and for fewer tokens low. Measured on 2 CPU ranks (quickstart, interleaved steps of 1 and 2
+rows per rank on one engine): the step's CPU time grows 1.73x for 2.00x the FLOPs, i.e. ~27% of the
+quickstart's step is such a fixed part, and the prediction for micro_batch_size=2 is ~15% high. A
+run logs one token count per step, near constant under packing, so the fixed part cannot be fitted
+from its records; its share shrinks as the tokens per step grow.
 """
 
 from __future__ import annotations

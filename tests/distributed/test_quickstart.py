@@ -120,20 +120,18 @@ def test_an_intermediate_checkpoint_keeps_reference_logits_and_its_export_checks
     assert json.loads((tmp_path / "export80" / "verification.json").read_text())["logits_verified"] is True
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 20 item 2, open: on 2 CPU ranks the calibrated prediction does not carry over to micro-batch 2 "
-    "(predicted 11.5 s/step from the quickstart's 5.9, measured 17.5: the step costs 3x for 2x the tokens); "
-    "not strict: two timings on a shared 2-core machine can agree by chance; the figures print either way"))
 def test_plan_calibrated_on_the_quickstart_predicts_a_run_with_twice_the_micro_batch(quickstart, tmp_path):
     """Issue 20 item 2: calibrating on the run it predicts is circular (any error in the FLOP formula
     cancels). Calibrated on the quickstart (1 row of 512 tokens per rank and step), the plan predicts
     a run with micro_batch_size=2 (twice the tokens and supervised tokens per step, same data) and
     is compared with that run's measured time per step.
 
-    Tolerance 25%: the same-run prediction holds within 20% on this machine (step-to-step noise of a
-    shared CPU, start-up steps), plus what the formula misses between the shapes (per-step fixed
-    costs: the optimizer step and ZeRO-3 gathers do not double with the tokens). A formula that
-    mis-scales with the tokens per step (e.g. the rows of a step not counted) is off by 50% or more."""
+    Tolerance 25%: the prediction is ~15% high by design (timing.py: the ~27% of the quickstart's
+    step that does not grow with the tokens is scaled with them), plus the step-to-step noise of a
+    shared CPU. A formula that mis-scales with the tokens per step (e.g. the rows of a step not
+    counted: 50% low) is outside it.
+    Both runs are timed minutes apart: on a machine whose load changes in between by more than the
+    remaining ~10%, this fails for the machine, not the formula (the figures print either way)."""
     import statistics
 
     run_dir, overrides, _ = quickstart
