@@ -122,33 +122,34 @@ def test_an_intermediate_checkpoint_keeps_reference_logits_and_its_export_checks
 
 def test_plan_calibrated_on_the_quickstart_predicts_a_run_with_twice_the_micro_batch(quickstart, tmp_path):
     """Issue 20 item 2: calibrating on the run it predicts is circular (any error in the FLOP formula
-    cancels). Calibrated on the quickstart (1 row of 512 tokens per rank and step), the plan predicts
-    a run with micro_batch_size=2 (twice the tokens and supervised tokens per step, same data) and
-    is compared with that run's measured time per step.
+    cancels). Calibrated on a run of the quickstart's shape (1 row of 512 tokens per rank and step),
+    the plan predicts a run with micro_batch_size=2 (twice the tokens and supervised tokens per step,
+    same data), compared with that run's measured time per step. The two runs go back to back (12
+    steps each) so that both see the same load on a shared machine; the quickstart's own run was timed
+    minutes earlier, under whatever ran then.
 
     Tolerance 25%: the prediction is ~15% high by design (timing.py: the ~27% of the quickstart's
     step that does not grow with the tokens is scaled with them), plus the step-to-step noise of a
     shared CPU. A formula that mis-scales with the tokens per step (e.g. the rows of a step not
-    counted: 50% low) is outside it.
-    Both runs are timed minutes apart: on a machine whose load changes in between by more than the
-    remaining ~10%, this fails for the machine, not the formula (the figures print either way)."""
+    counted: 50% low) is outside it."""
     import statistics
 
-    run_dir, overrides, _ = quickstart
-    other = tmp_path / "mb2"
-    changed = ["trainer.micro_batch_size=2", "trainer.global_batch_size=4", "trainer.max_steps=12",
-               "checkpoint.every_steps=0", "export.enabled=false", "logger.mode=disabled"]
-    args = [o for o in overrides if not o.startswith("run.dir=")] + [f"run.dir={other}", *changed]
-    train = _run(["-m", "llama3zh_dist", *args])
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
+    _, overrides, _ = quickstart
+    short = ["trainer.max_steps=12", "checkpoint.every_steps=0", "export.enabled=false", "logger.mode=disabled"]
+    base = [o for o in overrides if not o.startswith("run.dir=")] + short
+    calibration, other = tmp_path / "mb1", tmp_path / "mb2"
+    args = base + [f"run.dir={other}", "trainer.micro_batch_size=2", "trainer.global_batch_size=4"]
+    for run_args in (base + [f"run.dir={calibration}"], args):
+        train = _run(["-m", "llama3zh_dist", *run_args])
+        assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
 
     def seconds_per_step(run: Path) -> float:  # wall time from one step's record to the next, median
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return statistics.median(b["time"] - a["time"] for a, b in zip(records, records[1:]))
 
-    measured, calibrated = seconds_per_step(other), seconds_per_step(run_dir)
+    measured, calibrated = seconds_per_step(other), seconds_per_step(calibration)
 
-    out = _run(["-m", "llama3zh_dist.plan", *args, f"plan.calibrate_from={run_dir}", "plan.format=json"])
+    out = _run(["-m", "llama3zh_dist.plan", *args, f"plan.calibrate_from={calibration}", "plan.format=json"])
     assert out.returncode == 0, out.stderr[-3000:]
     predicted = json.loads(out.stdout)["step_seconds"]
     print(f"calibration run {calibrated:.2f} s/step; micro-batch 2: predicted {predicted:.2f}, measured {measured:.2f}")
