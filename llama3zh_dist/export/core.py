@@ -26,6 +26,8 @@ Flow of :func:`export_checkpoint`:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -47,7 +49,7 @@ from .logits_check import VERIFICATION_FILE, record_verification
 from .safetensors_stream import TensorEntry, parse_size, plan_shards
 from .tokenizer_files import write_tokenizer
 from .verify import verify_folder, verify_source_checksums
-from .writer import crash_point, read_back, write_weights
+from .writer import WriteProgress, background_priority, crash_point, read_back, write_weights
 from .zero3 import Zero3Checkpoint
 
 __all__ = ["check_complete_checkpoint", "export_checkpoint", "export_run", "export_run_summary",
@@ -104,35 +106,72 @@ def _plan(ckpt: Zero3Checkpoint, expected: dict, dt, shard_limit: int):
     return mapping, entries, plan_shards(entries, shard_limit)
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """No cyclic garbage collection while transformers is imported: the import allocates hundreds of
+    thousands of objects, which triggers full collections that each walk every object torch and
+    transformers have created so far (0.5-0.8 s of the 2.5-3 s import, measured on 2 cores). Nothing
+    it creates needs collecting; the collector is back on right after."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _write_and_read_back(ckpt, shards, mapping, tmp, workers, abort=None) -> dict[str, str]:
+    """Write the shards while reading each back from disk right behind the writers (its SHA-256, the
+    XXH3 of every tensor against what was written, fsync): file name -> SHA-256."""
+    progress = WriteProgress(shards)
+    with ThreadPoolExecutor(max(1, min(workers, len(shards))), initializer=background_priority) as readers:
+        sums = {fn: readers.submit(read_back, tmp / fn, progress) for fn in progress.layout}
+        write_weights(ckpt, shards, mapping, tmp, workers, abort, progress)
+        crash_point("after_weights")
+        return {fn: f.result() for fn, f in sums.items()}
+
+
 def _write_while_loading_model(ckpt, ckpt_dir, info, tmp, dt, shard_limit, workers, tokenizer):
-    """Step 1 and 2 at once. The weights are written under the names the checkpoint itself holds
-    (``names_in_checkpoint``) while this thread imports transformers, builds the config's skeleton and
-    writes the tokenizer: about 2.5 s of Python that held up every export, small or large, before a
-    byte was written, and that now runs beside the writers (which spend their time in reads, casts and
-    ``pwrite``, outside the GIL). The names the config implies are then compared with the ones
-    written: equal (any checkpoint this project saves) keeps the write; different, the weights are
-    matched by the config (a mismatch stops the export here, before anything replaces the old one)
-    and written again."""
+    """Steps 1, 2 and the shards' part of 4 at once. The weights are written (and read back) under the
+    names the checkpoint itself holds (``names_in_checkpoint``) while this thread imports transformers,
+    builds the config's skeleton and writes the tokenizer: about 2.5 s of Python that held up every
+    export, small or large, before a byte was written, and that now runs beside the writers (which
+    spend their time in reads, ``pwrite``, hashing and the disk, mostly outside the GIL, at a lower
+    priority so that this critical path keeps a core). The names the config implies are then compared
+    with the ones written: equal (any checkpoint this project saves) keeps the write; different, the
+    weights are matched by the config (a mismatch stops the export here, before anything replaces the
+    old one) and written again."""
     guess = names_in_checkpoint(ckpt)
     mapping, entries, shards = _plan(ckpt, guess, dt, shard_limit)
     abort = threading.Event()
-    with ThreadPoolExecutor(1) as bg:
-        writing = bg.submit(write_weights, ckpt, shards, mapping, tmp, workers, abort)
+    # one core stays with this thread: on a small machine more writers only slow the critical path
+    beside = max(1, min(workers, _usable_cores() - 1))
+    with ThreadPoolExecutor(1, initializer=background_priority) as bg:
+        writing = bg.submit(_write_and_read_back, ckpt, shards, mapping, tmp, beside, abort)
         try:
-            hf_config, skel, expected = _model_of(ckpt_dir)
+            with _collector_paused():
+                hf_config, skel, expected = _model_of(ckpt_dir)
             tok_report = write_tokenizer(tmp, ckpt_dir, info, tokenizer)
             write_generation_config(tmp, tokenizer if hasattr(tokenizer, "get_vocab") else None, hf_config)
         except BaseException:
             abort.set()
             raise
-        layout = writing.result()
+        shard_sums = writing.result()
     if list(expected.items()) != list(guess.items()):
         log.info("the model config names the tensors other than the checkpoint: matching by the config")
         mapping, entries, shards = _plan(ckpt, expected, dt, shard_limit)
-        for fn in layout:
+        for fn in shard_sums:
             (tmp / fn).unlink()
-        layout = write_weights(ckpt, shards, mapping, tmp, workers)
-    return hf_config, skel, expected, entries, shards, layout, tok_report
+        shard_sums = _write_and_read_back(ckpt, shards, mapping, tmp, workers)
+    return hf_config, skel, expected, entries, shards, shard_sums, tok_report
 
 
 def _write_sums(tmp: pathlib.Path, hashes: dict[str, str]) -> None:
@@ -179,25 +218,20 @@ def export_checkpoint(ckpt_dir, out_dir, *, tokenizer=None, dtype="bfloat16", ma
     tmp = out_dir.with_name(f"{_TMP_TAG}{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        hf_config, skel, expected, entries, shards, layout, tok_report = _write_while_loading_model(
+        hf_config, skel, expected, entries, shards, shard_sums, tok_report = _write_while_loading_model(
             ckpt, ckpt_dir, info, tmp, dt, shard_limit, workers, tokenizer)
         total_bytes = sum(e.nbytes for e in entries)
         num_params = sum(e.numel for e in entries if expected[e.name][1])
-        crash_point("after_weights")
-        # the shards are read back (checksums of what is on disk) and flushed while the rest is
-        # written and verified
-        with ThreadPoolExecutor(max(1, workers)) as readers:
-            weight_sums = {fn: readers.submit(read_back, tmp / fn, rows) for fn, rows in layout.items()}
-            if len(shards) > 1:
-                index = {"metadata": {"total_size": total_bytes, "total_parameters": num_params},
-                         "weight_map": {e.name: s.filename for s in shards for e in s.entries}}
-                (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-            write_config(tmp, hf_config, dt)  # config.json last among the model files
-            hashes = {p.name: read_back(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name not in layout}
-            verification = verify_folder(tmp, shards, hf_config, dt, ckpt_dir, skel) if verify else {}
-            if verify and tok_report is not None:
-                verification["tokenizer"] = tok_report
-            hashes.update({fn: f.result() for fn, f in weight_sums.items()})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total_bytes, "total_parameters": num_params},
+                     "weight_map": {e.name: s.filename for s in shards for e in s.entries}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_config(tmp, hf_config, dt)  # config.json last among the model files
+        hashes = {p.name: read_back(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name not in shard_sums}
+        hashes.update(shard_sums)
+        verification = verify_folder(tmp, shards, hf_config, dt, ckpt_dir, skel) if verify else {}
+        if verify and tok_report is not None:
+            verification["tokenizer"] = tok_report
         verification["checksums"] = len(hashes)
         # never silent: an export whose logits were not checked says so on stderr and in the folder
         hashes[VERIFICATION_FILE] = read_back(record_verification(tmp, verification, ckpt_dir, verify))
