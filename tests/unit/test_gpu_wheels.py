@@ -47,7 +47,7 @@ IMAGE_SUBSET = [
     "hf-xet", "tqdm", "regex", "typer", "click", "rich", "shellingham", "annotated-doc", "markdown-it-py", "mdurl",
     "pygments", "psutil", "py-cpuinfo", "msgpack", "ninja", "einops", "sympy", "mpmath", "networkx", "jinja2",
     "markupsafe", "setuptools", "pillow", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "requests",
-    "charset-normalizer", "urllib3", "pyarrow", "pyyaml", "typing-extensions",
+    "charset-normalizer", "urllib3", "pyarrow", "pyyaml", "typing-extensions", "xxhash",
 ]
 
 
