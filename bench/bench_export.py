@@ -1,7 +1,7 @@
 """Benchmark: our ZeRO-3 export against DeepSpeed's own ``zero_to_fp32.py``, side by side, on two
 checkpoints in one run:
 
-    .venv/bin/python bench/bench_export.py [--workers 4] [--only quickstart|synthetic]
+    .venv/bin/python bench/bench_export.py [--workers 4] [--repeat 3] [--only quickstart|synthetic]
 
 * ``quickstart``: the quickstart's final checkpoint (17M parameters, tied embeddings), made once by
   ``python -m llama3zh_dist +experiment=quickstart export.enabled=false`` and cached under
@@ -19,7 +19,8 @@ includes copying the checkpoint's tokenizer files, the read-back SHA-256 of ever
 rename and the verification (names/shapes/dtypes, tokenizer files, logits of the reference prompts);
 DeepSpeed's output is not fsynced (``deepspeed_plus_fsync`` adds that flush).
 
-Printed per checkpoint: peak RSS and wall time of each and the ratios ours/DeepSpeed, then one JSON
+Each exporter runs ``--repeat`` times (default 3), in turns. Printed per checkpoint: the largest peak
+RSS and the median wall and CPU time of each and the ratios ours/DeepSpeed, then one JSON
 line with every figure. Limits (issue 23): at 300M+ parameters ours fp32 takes at most DeepSpeed's
 time with at most 0.3x its peak RSS; on the quickstart at most 1.5x its time.
 """
@@ -32,6 +33,7 @@ import os
 import pathlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -139,26 +141,42 @@ def _warm(ckpt: pathlib.Path) -> None:
                     pass
 
 
-def bench_one(label: str, ckpt: pathlib.Path, work: pathlib.Path, env: dict, workers: int) -> dict:
-    _warm(ckpt)
-    results = {}
-    out_ds = work / f"{label}-deepspeed"
+def _deepspeed_once(ckpt: pathlib.Path, out_ds: pathlib.Path, env: dict) -> tuple[dict, dict]:
     shutil.rmtree(out_ds, ignore_errors=True)
-    print(f"[{label}] deepspeed zero_to_fp32 ...", flush=True)
-    results["deepspeed_fp32"] = _timed([sys.executable, __file__, "--_deepspeed", str(ckpt), str(out_ds)], env)
+    r = _timed([sys.executable, __file__, "--_deepspeed", str(ckpt), str(out_ds)], env)
     t = time.time()
     for f in sorted(out_ds.rglob("*")):
         if f.is_file():
             fd = os.open(f, os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)
-    results["deepspeed_plus_fsync"] = {"peak_rss_bytes": results["deepspeed_fp32"]["peak_rss_bytes"],
-                                       "wall_s": round(results["deepspeed_fp32"]["wall_s"] + time.time() - t, 2),
-                                       "cpu_s": results["deepspeed_fp32"]["cpu_s"]}
-    for dtype in ("float32", "bfloat16"):
-        print(f"[{label}] ours {dtype} ...", flush=True)
-        results[f"ours_{dtype}"] = _timed([sys.executable, __file__, "--workers", str(workers), "--_ours", str(ckpt),
-                                           str(work / f"{label}-ours-{dtype}"), dtype], env)
+    return r, {**r, "wall_s": round(r["wall_s"] + time.time() - t, 2)}
+
+
+def _median(runs: list[dict]) -> dict:
+    """Median wall and CPU time of the repeats, largest peak RSS, and every wall time."""
+    return {"peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
+            "wall_s": statistics.median(r["wall_s"] for r in runs),
+            "cpu_s": statistics.median(r["cpu_s"] for r in runs), "walls": [r["wall_s"] for r in runs]}
+
+
+def bench_one(label: str, ckpt: pathlib.Path, work: pathlib.Path, env: dict, workers: int, repeat: int) -> dict:
+    """Each exporter ``repeat`` times, in turns (DeepSpeed, ours fp32, ours bf16, DeepSpeed, ...) so
+    that a change of the machine's load or page cache falls on all of them; the medians compare."""
+    _warm(ckpt)
+    runs: dict[str, list[dict]] = {k: [] for k in ("deepspeed_fp32", "deepspeed_plus_fsync", "ours_float32",
+                                                   "ours_bfloat16")}
+    for i in range(repeat):
+        print(f"[{label}] round {i + 1}/{repeat}: deepspeed zero_to_fp32, ours float32, ours bfloat16 ...", flush=True)
+        plain, synced = _deepspeed_once(ckpt, work / f"{label}-deepspeed", env)
+        runs["deepspeed_fp32"].append(plain)
+        runs["deepspeed_plus_fsync"].append(synced)
+        for dtype in ("float32", "bfloat16"):
+            out = work / f"{label}-ours-{dtype}"
+            shutil.rmtree(out, ignore_errors=True)
+            runs[f"ours_{dtype}"].append(_timed([sys.executable, __file__, "--workers", str(workers), "--_ours",
+                                                 str(ckpt), str(out), dtype], env))
+    results = {k: _median(v) for k, v in runs.items()}
     ds = results["deepspeed_fp32"]
     n_params = sum(math.prod(s.shape) for s in _sources(ckpt))
     summary = {"checkpoint": str(ckpt), "parameters": n_params,
@@ -189,6 +207,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/tmp/llama3zh_bench_export")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=3, help="runs of each exporter (medians are compared)")
     p.add_argument("--only", choices=("quickstart", "synthetic"))
     p.add_argument("--quickstart-run", type=pathlib.Path, help="a finished quickstart run to use")
     p.add_argument("--_ours", nargs=3, metavar=("CKPT", "OUT", "DTYPE"), help=argparse.SUPPRESS)
@@ -208,9 +227,9 @@ def main(argv=None):
     out = {}
     try:
         if a.only in (None, "quickstart"):
-            out["quickstart"] = bench_one("quickstart", quickstart_checkpoint(env, a.quickstart_run), work, env, a.workers)
+            out["quickstart"] = bench_one("quickstart", quickstart_checkpoint(env, a.quickstart_run), work, env, a.workers, a.repeat)
         if a.only in (None, "synthetic"):
-            out["synthetic"] = bench_one("synthetic", synthetic_checkpoint(), work, env, a.workers)
+            out["synthetic"] = bench_one("synthetic", synthetic_checkpoint(), work, env, a.workers, a.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     limits = {"quickstart": {"time_ratio_fp32": 1.5}, "synthetic": {"time_ratio_fp32": 1.0, "rss_ratio_fp32": 0.3}}
