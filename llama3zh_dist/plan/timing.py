@@ -13,8 +13,9 @@ the tokens of a step (the optimizer step, ZeRO-3's per-module gathers and releas
 the calibration run's FLOPs, so a prediction for more tokens per step comes out high by about their
 share, and for fewer tokens low. Measured on 2 CPU ranks (quickstart, interleaved steps of 1 and 2
 rows per rank on one engine): the step's CPU time grows 1.73x for 2.00x the FLOPs, i.e. ~27% of the
-quickstart's step is such a fixed part, and the prediction for micro_batch_size=2 is ~15% high. A
-run logs one token count per step, near constant under packing, so the fixed part cannot be fitted
+quickstart's step is such a fixed part under load, ~48% on a quiet machine (where the tiny model's
+compute is fast), and the prediction for micro_batch_size=2 is 2/(2-f) of the measured time: 13-31%
+high. A run logs one token count per step, near constant under packing, so the fixed part cannot be fitted
 from its records; its share shrinks as the tokens per step grow.
 """
 

@@ -128,10 +128,15 @@ def test_plan_calibrated_on_the_quickstart_predicts_a_run_with_twice_the_micro_b
     steps each) so that both see the same load on a shared machine; the quickstart's own run was timed
     minutes earlier, under whatever ran then.
 
-    Tolerance 25%: the prediction is ~15% high by design (timing.py: the ~27% of the quickstart's
-    step that does not grow with the tokens is scaled with them), plus the step-to-step noise of a
-    shared CPU. A formula that mis-scales with the tokens per step (e.g. the rows of a step not
-    counted: 50% low) is outside it."""
+    What it must hold: the calibrated prediction scales the calibration run's whole step with the
+    FLOPs, so the part of a step that does not grow with the tokens (optimizer step, ZeRO-3 gathers,
+    hooks: timing.py) is scaled too, and the prediction is an upper bound. With a fixed share f of the
+    calibration step it is 2/(2-f) of the measured time: measured here 1.13 (f=0.23, under load),
+    1.20 and 1.31 (f=0.48, quiet machine, where the tiny model's compute is fast and the fixed part is
+    not). The test asserts measured x 0.95 <= predicted <= measured x 1.5 (f up to 2/3, plus noise). A
+    formula that mis-scales with the tokens per step is outside: one that ignores the rows of a step
+    predicts the calibration run's own time (0.5-0.75 of the measured), one that counts them twice
+    2/(2-f) x 2 >= 2."""
     import statistics
 
     _, overrides, _ = quickstart
@@ -153,7 +158,7 @@ def test_plan_calibrated_on_the_quickstart_predicts_a_run_with_twice_the_micro_b
     assert out.returncode == 0, out.stderr[-3000:]
     predicted = json.loads(out.stdout)["step_seconds"]
     print(f"calibration run {calibrated:.2f} s/step; micro-batch 2: predicted {predicted:.2f}, measured {measured:.2f}")
-    assert predicted == pytest.approx(measured, rel=0.25)
+    assert measured * 0.95 <= predicted <= measured * 1.5, (calibrated, predicted, measured)
 
 
 def test_quickstart_console_shows_no_library_deprecation_noise(quickstart):
