@@ -160,7 +160,7 @@ def _write_while_loading_model(ckpt, ckpt_dir, info, tmp, dt, shard_limit, worke
             with _collector_paused():
                 hf_config, skel, expected = _model_of(ckpt_dir)
             tok_report = write_tokenizer(tmp, ckpt_dir, info, tokenizer)
-            write_generation_config(tmp, tokenizer if hasattr(tokenizer, "get_vocab") else None, hf_config)
+            write_generation_config(tmp, tokenizer, hf_config)  # a loader (no get_vocab): the Llama 3 ids
         except BaseException:
             abort.set()
             raise
