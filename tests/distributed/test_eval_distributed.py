@@ -34,10 +34,10 @@ def _env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     from llama3zh_dist.eval.benchmarks import Benchmark, as_chat_conversations
 
-    base = tmp_path_factory.mktemp("eval_dist")
+    base = module_tmp("eval_dist")
     bench = Benchmark("cmmlu", str(ROOT / "data" / "eval" / "mc_zh"))
     train = [it for it in bench.items() if it.index % 2 == 0]
     data = base / "mc_train.jsonl"

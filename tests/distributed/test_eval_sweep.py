@@ -23,10 +23,10 @@ STEPS, EVERY = 30, 15
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(module_tmp):
     from llama3zh_dist.eval.benchmarks import Benchmark, as_chat_conversations
 
-    work = tmp_path_factory.mktemp("eval_sweep")
+    work = module_tmp("eval_sweep")
     conf = work / "conf"  # the sweep writes its best-config experiment into the config tree
     shutil.copytree(ROOT / "conf", conf)
     bench = Benchmark("cmmlu", str(ROOT / "data" / "eval" / "mc_zh"))

@@ -40,11 +40,11 @@ def _llama_cpp():
 
 
 @pytest.fixture(scope="module")
-def run_copy(quickstart_run, tmp_path_factory):
+def run_copy(quickstart_run, module_tmp):
     """The quickstart run's files and export (no checkpoints), copied: these tests add GGUF files and an
     evaluation to it, which the other quickstart tests must not see."""
     src = quickstart_run[0]
-    dst = tmp_path_factory.mktemp("serving") / "run"
+    dst = module_tmp("serving") / "run"
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
     return dst
 
@@ -58,13 +58,13 @@ def with_gguf(run_copy):
 
 
 @pytest.fixture(scope="module")
-def converter_gguf(quickstart_run, tmp_path_factory):
+def converter_gguf(quickstart_run, module_tmp):
     """llama.cpp's own ``convert_hf_to_gguf.py`` (from the llama-cpp-python source distribution that
     tests/setup/llama_cpp.sh caches) run on the quickstart export: (returncode, stderr, f16 file)."""
     sdist = CACHE / "sdist" / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
     if not sdist.is_file():
         pytest.fail(f"{sdist} missing: run tests/setup/llama_cpp.sh")
-    tmp = tmp_path_factory.mktemp("converter")
+    tmp = module_tmp("converter")
     prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
     with tarfile.open(sdist) as tf:
         members = [m for m in tf.getmembers() if m.name == prefix + "convert_hf_to_gguf.py"

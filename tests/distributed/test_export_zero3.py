@@ -48,19 +48,19 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def tied_run(tmp_path_factory):
+def tied_run(module_tmp):
     """Tiny Llama with tied embeddings, several ZeRO sub-groups, reference logits, the tokenizer (as the
     trainer saves every checkpoint), a run config. ``untied_run`` carries no tokenizer (a checkpoint
     from before checkpoints did): its exports save the tokenizer object they are given."""
-    run = tmp_path_factory.mktemp("tied") / "run"
+    run = module_tmp("tied") / "run"
     make_zero3_checkpoint(run, tie=True, reference_logits=True, tokenizer=True, sub_group_size=20000)
     _save_run_config(run)
     return run
 
 
 @pytest.fixture(scope="module")
-def untied_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("untied") / "run"
+def untied_run(module_tmp):
+    run = module_tmp("untied") / "run"
     make_zero3_checkpoint(run, hidden=96, layers=3, heads=6, kv_heads=2, reference_logits=True)
     return run
 
@@ -299,10 +299,10 @@ BUFFER = PIECES + FIXED_OVERHEAD  # 88 MiB
 
 
 @pytest.fixture(scope="module")
-def big_run(tmp_path_factory):
+def big_run(module_tmp):
     """~95M parameters (364 MiB fp32) whose largest tensors (32000 x 512 embeddings, untied) are 62.5 MiB
     in fp32: large enough that a hold of two of them stands out above the buffer's slack."""
-    run = tmp_path_factory.mktemp("big") / "run"
+    run = module_tmp("big") / "run"
     make_zero3_checkpoint(run, vocab=32000, hidden=512, intermediate=2048, layers=16, heads=8, kv_heads=4, steps=1)
     return run
 

@@ -57,8 +57,8 @@ def run_ranks(out_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    return run_ranks(tmp_path_factory.mktemp("packed_loss"))
+def ranks(module_tmp):
+    return run_ranks(module_tmp("packed_loss"))
 
 
 def test_the_check_runs_on_two_gloo_ranks_under_zero3_with_partitioned_parameters(ranks):

@@ -18,12 +18,12 @@ DEAD = list(range(128002, 128256))  # every special token but <|begin_of_text|> 
 
 
 @pytest.fixture(scope="module")
-def pretrained_folder(tmp_path_factory) -> Path:
+def pretrained_folder(module_tmp) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llama3zh_dist.llama3.hf_tokenizer import load_tokenizer
 
-    folder = tmp_path_factory.mktemp("tiny_llama3_base")
+    folder = module_tmp("tiny_llama3_base")
     torch.manual_seed(7)
     cfg = LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,

@@ -25,9 +25,9 @@ FAST = ("trainer.max_steps=2", "checkpoint.every_steps=2")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
+def data_dir(module_tmp) -> Path:
     """Prepared once, so that concurrent launches only read it."""
-    base = tmp_path_factory.mktemp("ports")
+    base = module_tmp("ports")
     data = base / "prepared"
     proc = subprocess.run([sys.executable, "-m", "llama3zh_dist.prep", *job_args(base / "prep_run", data)],
                           cwd=ROOT, capture_output=True, text=True)

@@ -42,14 +42,14 @@ COMMON = (f"trainer.max_steps={STEPS}", f"checkpoint.every_steps={EVERY}")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("prepared") / "quickstart"
+def data_dir(module_tmp) -> Path:
+    return module_tmp("prepared") / "quickstart"
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
+def reference(module_tmp, data_dir):
     """The uninterrupted run: (run_dir, metrics by step, log)."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_dir = module_tmp("reference") / "run"
     rc, out = run(run_dir, data_dir, *COMMON)
     assert rc == 0, out[-4000:]
     by_step = {m["step"]: m for m in metrics(run_dir)}
@@ -298,12 +298,12 @@ PROBE_ARGS = ["+experiment=quickstart", "logger.mode=disabled", "trainer.progres
 
 
 @pytest.fixture(scope="module")
-def resumed_on_one(reference, data_dir, tmp_path_factory):
+def resumed_on_one(reference, data_dir, module_tmp):
     """The 2-rank checkpoint of step STEPS - EVERY resumed on 1 rank by the real recipe (the probe
     saves what it loaded, then makes one update): (two, one, saved states, step, probe log)."""
     ref_dir, _, _ = reference
     step = STEPS - EVERY
-    base = tmp_path_factory.mktemp("to_one")
+    base = module_tmp("to_one")
     two = base / "two"
     (two / "checkpoints").mkdir(parents=True)
     shutil.copytree(ref_dir / "checkpoints" / f"step_{step}", two / "checkpoints" / f"step_{step}")

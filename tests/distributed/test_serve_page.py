@@ -21,7 +21,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser(module_tmp):
     if not (Path(CHROMEDRIVER).exists() and shutil.which("chromium")):
         pytest.fail("chromium / chromium-driver missing: run tests/setup/chromium.sh (CI does)")
     from selenium import webdriver
@@ -31,7 +31,7 @@ def browser(tmp_path_factory):
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                 f"--user-data-dir={module_tmp('chromium-profile')}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)  # no selenium-manager download
     yield driver
@@ -39,10 +39,10 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def compare_server(quickstart_export, step80_export, tmp_path_factory):
+def compare_server(quickstart_export, step80_export, module_tmp):
     from _serve_helpers import ServeProcess
 
-    out = tmp_path_factory.mktemp("votes")
+    out = module_tmp("votes")
     server = ServeProcess([f"model.path={quickstart_export}", f"serve.compare={step80_export}",
                            f"serve.out_dir={out}"])
     yield server, out

@@ -54,9 +54,9 @@ def _trial_dirs(run_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(module_tmp):
     """Run the sweep, interrupt it after the first trial finished, rerun it to the end."""
-    work = tmp_path_factory.mktemp("sweep")
+    work = module_tmp("sweep")
     conf = work / "conf"
     shutil.copytree(ROOT / "conf", conf)
     env = {**os.environ, "LLAMA3ZH_CONF_DIR": str(conf), "WANDB_MODE": "offline"}

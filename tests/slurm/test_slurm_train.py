@@ -40,9 +40,9 @@ MAX_STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
+def work(module_tmp) -> Path:
     require_cluster()
-    return tmp_path_factory.mktemp("slurm")
+    return module_tmp("slurm")
 
 
 def quickstart(work: Path, run_dir: Path) -> list[str]:

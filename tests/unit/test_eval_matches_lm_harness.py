@@ -21,8 +21,8 @@ CEVAL_MAP = {"nutrition": "basic_medicine"}
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    base = tmp_path_factory.mktemp("harness")
+def folders(module_tmp):
+    base = module_tmp("harness")
     # 160 positions: the 2-shot prompts are longer, so the left truncation path is compared too.
     model = make_model_folder(base / "model", max_positions=160)
     ceval = write_ceval_layout(base / "ceval", CEVAL_MAP)

@@ -11,10 +11,10 @@ from llama3zh_dist.eval.scoring import Probe, build_probes, choice_requests, run
 
 
 @pytest.fixture(scope="module")
-def model_and_tok(tmp_path_factory):
+def model_and_tok(module_tmp):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = make_model_folder(tmp_path_factory.mktemp("scoring") / "model")
+    folder = make_model_folder(module_tmp("scoring") / "model")
     return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
 
 

@@ -113,13 +113,13 @@ def make_cfg(tmp_path: Path, sources: dict, out: str = "out", **data):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
+def corpus(module_tmp):
+    return make_corpus(module_tmp("corpus"))
 
 
 @pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("prep")
+def prepared(corpus, module_tmp):
+    tmp = module_tmp("prep")
     out = prepare_dataset(make_cfg(tmp, corpus["sources"]))
     return out
 

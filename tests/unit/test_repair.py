@@ -101,8 +101,8 @@ N_SHAREGPT = 70  # 5 of every defect kind
 
 
 @pytest.fixture(scope="module")
-def dump(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dump")
+def dump(module_tmp):
+    root = module_tmp("dump")
     rows, expect = [], {}
     for i in range(N_SHAREGPT):
         turns, want, reason, fixes = _sharegpt_case(i)
@@ -149,8 +149,8 @@ def _samples(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def repaired(dump, tmp_path_factory):
-    return prepare_dataset(_cfg(tmp_path_factory.mktemp("rep"), dump["sources"]))
+def repaired(dump, module_tmp):
+    return prepare_dataset(_cfg(module_tmp("rep"), dump["sources"]))
 
 
 def test_every_repairable_conversation_is_kept_with_only_the_repair_applied(dump, repaired):
