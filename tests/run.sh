@@ -23,4 +23,16 @@ fi
 tests/setup/chromium.sh
 PY="$PY" tests/setup/llama_cpp.sh
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline
+
+# The suite's checkpoints peak at ~3.4 GB in pytest's temp folder (folders are removed as tests pass;
+# tests/conftest.py). A disk that fills halfway fails tests one after another with refused writes,
+# so say so before the first test rather than after twenty minutes.
+tmp_root=${TMPDIR:-/tmp}
+free_mb=$(df -Pm "$tmp_root" | awk 'NR == 2 {print $4}')
+echo "tests/run.sh: $((free_mb / 1024)) GB free under $tmp_root"
+if (( free_mb < 4096 )); then
+  echo "tests/run.sh: the tests need about 4 GB free under $tmp_root and $free_mb MB are;" \
+       "free some space or point TMPDIR at a larger disk" >&2
+  exit 1
+fi
 "$PY" -m pytest -p no:cacheprovider -v -rs "$@" tests
