@@ -37,8 +37,7 @@ def resolve_target(cfg: DictConfig, argv: list[str]) -> tuple[Path, Path, str]:
     run_dir = resolve_path(str(cfg.run.dir))
     if ev.step is not None:
         from ..export import export_checkpoint
-        from ..export.core import resolve_checkpoint
-        from ..llama3.hf_tokenizer import load_tokenizer
+        from ..export.core import resolve_checkpoint, run_tokenizer_loader
 
         ckpt = resolve_checkpoint(run_dir, ev.step)
         tag = ckpt.name
@@ -46,8 +45,8 @@ def resolve_target(cfg: DictConfig, argv: list[str]) -> tuple[Path, Path, str]:
         folder = out / "model"
         if not (folder / "config.json").exists():
             print(f"exporting {ckpt} to {folder} for evaluation", file=sys.stderr, flush=True)
-            tok = load_tokenizer(cfg.model.path, bool(cfg.model.get("trust_remote_code", False)))
-            export_checkpoint(ckpt, folder, tokenizer=tok, dtype=cfg.export.dtype,
+            # the checkpoint's own tokenizer/ is copied; the run's is loaded only for older checkpoints
+            export_checkpoint(ckpt, folder, tokenizer=run_tokenizer_loader(cfg), dtype=cfg.export.dtype,
                               max_shard_size=cfg.export.max_shard_size, workers=int(cfg.export.workers), verify=True)
         return folder, out, tag
     bare_model = _given(argv, "model.path") and cfg.model.path and not _given(argv, "run.dir")

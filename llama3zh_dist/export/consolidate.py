@@ -16,7 +16,8 @@ def names_in_checkpoint(ckpt: Zero3Checkpoint) -> dict[str, tuple[tuple[int, ...
     out: dict[str, tuple[tuple[int, ...], bool]] = {}
     seen: set[str] = set()
     order = [n for n in ckpt.state_dict_names if n in ckpt.sources or n in ckpt.shared_params]
-    for name in order + [n for n in ckpt.sources if n not in set(order)]:
+    listed = set(order)
+    for name in order + [n for n in ckpt.sources if n not in listed]:
         src = name if name in ckpt.sources else ckpt.shared_params[name]
         if src in seen or src not in ckpt.sources:
             continue

@@ -76,7 +76,9 @@ def background_priority(nice: int = 5) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice))
     except (AttributeError, OSError):
         pass
-_thread_buffers = threading.local()
+
+
+_thread_buffers = threading.local()  # each writer thread's reusable piece buffers
 
 
 def _write_tensor(ckpt: Zero3Checkpoint, fd: int, pos: int, e: TensorEntry, src: str, abort: threading.Event) -> int:
@@ -231,7 +233,7 @@ def read_back(path: pathlib.Path, progress: WriteProgress | None = None) -> str:
                 if digest.intdigest() != progress.digest(name):
                     raise RuntimeError(f"export verification failed: {fn} bytes {a}-{b} read back "
                                        "other than written")
-                i = i + 1
+                i += 1
                 digest.reset()
             pos = end
         os.fsync(f.fileno())
