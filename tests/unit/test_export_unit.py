@@ -190,3 +190,90 @@ def test_tied_embeddings_are_expected_once_like_save_pretrained():
     assert "model.embed_tokens.weight" in exp and "lm_head.weight" not in exp
     cfg.tie_word_embeddings = False
     assert "lm_head.weight" in expected_tensors(skeleton(cfg))
+
+
+def _shard_being_written(tmp_path):
+    """One shard of three tensors as the exporter lays it out: header written, file at its full size
+    (zeros where no tensor is yet), and the bytes each tensor will get."""
+    from llama3zh_dist.export.writer import WriteProgress
+
+    tensors = {"a": torch.randn(300), "b": torch.arange(50, dtype=torch.int64), "c": torch.randn(7, 9).half()}
+    shards = plan_shards([TensorEntry(k, tuple(v.shape), v.dtype) for k, v in tensors.items()], 10**9)
+    progress = WriteProgress(shards)
+    (fn, rows), = progress.layout.items()
+    path = tmp_path / fn
+    head = progress.headers[fn]
+    path.write_bytes(head + bytes(rows[-1][1] - len(head)))
+    progress.header_written(fn)
+    return path, progress, rows, {name: bytes(tensor_bytes(tensors[name])) for _, _, name in rows}
+
+
+def _write_at(path, start: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(data)
+
+
+def test_read_back_follows_the_writers_and_hashes_the_file_as_written(tmp_path):
+    """The read-back starts before the tensors are written and reads each part only once it is
+    reported written: had it read ahead, it would hash the zeros there and refuse the file."""
+    import threading
+
+    import xxhash
+
+    from llama3zh_dist.export.writer import read_back
+
+    path, progress, rows, data = _shard_being_written(tmp_path)
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(sha=read_back(path, progress)))
+    reader.start()
+    for start, _, name in reversed(rows):  # writers finish in any order
+        _write_at(path, start, data[name])
+        progress.tensor_written(path.name, name, xxhash.xxh3_64_intdigest(data[name]))
+    reader.join()
+    assert result["sha"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_read_back_names_bytes_read_back_other_than_written_and_a_short_file(tmp_path):
+    import xxhash
+
+    from llama3zh_dist.export.writer import read_back
+
+    path, progress, rows, data = _shard_being_written(tmp_path)
+    for start, _, name in rows:
+        flipped = bytearray(data[name])
+        if name == "b":
+            flipped[3] ^= 0xFF  # what reached the disk is not what was meant
+        _write_at(path, start, bytes(flipped))
+        progress.tensor_written(path.name, name, xxhash.xxh3_64_intdigest(data[name]))
+    start, end, _ = rows[1]
+    with pytest.raises(RuntimeError, match=f"bytes {start}-{end} read back other than written"):
+        read_back(path, progress)
+    _write_at(path, start, data["b"])
+    read_back(path, progress)  # mended: passes
+    with open(path, "r+b") as f:
+        f.truncate(rows[-1][1] - 1)
+    with pytest.raises(RuntimeError, match="shorter than written"):
+        read_back(path, progress)
+
+
+def test_a_writer_failure_ends_the_read_back_waiting_for_it(tmp_path):
+    import threading
+
+    from llama3zh_dist.export.writer import read_back
+
+    path, progress, _, _ = _shard_being_written(tmp_path)
+    errors = []
+
+    def read():
+        try:
+            read_back(path, progress)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    progress.failed(OSError(28, "No space left on device"))
+    reader.join()
+    assert len(errors) == 1 and f"writing {path.name} failed" in str(errors[0])
+    assert isinstance(errors[0].__cause__, OSError)
